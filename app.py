@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""CDK entry point: reads the context, builds one stack per enabled subsystem, attaches the checks."""
+
+from __future__ import annotations
+
+import sys
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks, NIST80053R5Checks, ServerlessChecks
+
+from infra.checks import EventDrivenChecks
+from infra.config import AppConfig, ConfigError, load_config
+from infra.stacks.fanout_stack import FanOutStack
+
+
+def build_app(app: cdk.App, config: AppConfig) -> cdk.App:
+    if "fanout" in config.subsystems:
+        FanOutStack(app, "FanOutConsumer", config=config.fanout, alarm_topic_arn=config.alarm_topic_arn)
+    if "export_runner" in config.subsystems:
+        from infra.stacks.export_runner_stack import ExportRunnerStack
+
+        ExportRunnerStack(app, "ExportRunner", config=config.export_runner, alarm_topic_arn=config.alarm_topic_arn)
+    cdk.Validations.of(app).add_plugins(
+        AwsSolutionsChecks(app, write_suppressions_to_cloud_formation=True),
+        ServerlessChecks(app, write_suppressions_to_cloud_formation=True),
+        NIST80053R5Checks(app, write_suppressions_to_cloud_formation=True),
+        HIPAASecurityChecks(app, write_suppressions_to_cloud_formation=True),
+        EventDrivenChecks(),
+    )
+    return app
+
+
+def main() -> int:
+    app = cdk.App()
+    try:
+        config = load_config(_context(app))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    build_app(app, config)
+    app.synth()
+    return 0
+
+
+def _context(app: cdk.App) -> dict[str, object]:
+    keys = ("subsystems", "alarm_topic_arn", "fanout", "export_runner")
+    return {key: value for key in keys if (value := app.node.try_get_context(key)) is not None}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""boto3 clients shared by every handler: one per service per container, with retries.
+
+Endpoints are never chosen in code: boto3 itself honours ``AWS_ENDPOINT_URL`` and
+``AWS_ENDPOINT_URL_<SERVICE>``, which is how a local run points at moto server.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# "standard" retry mode retries throttling, 5xx and connection errors with exponential
+# backoff and jitter. Three attempts keep the worst case (a few seconds) well inside the
+# shortest handler timeout; beyond that the record is reported as a batch item failure and
+# Lambda's own redelivery takes over, which is the retry that survives a crashed container.
+DEFAULT_RETRY_CONFIG = Config(
+    retries={"max_attempts": 3, "mode": "standard"},
+    connect_timeout=3,
+    read_timeout=10,
+    tcp_keepalive=True,
+)
+
+
+@functools.cache
+def client(service_name: str) -> Any:
+    """Return the container-wide client for ``service_name`` (created on first use)."""
+    return boto3.session.Session().client(service_name, config=DEFAULT_RETRY_CONFIG)
+
+
+@functools.cache
+def resource(service_name: str) -> Any:
+    return boto3.session.Session().resource(service_name, config=DEFAULT_RETRY_CONFIG)
+
+
+def reset_clients() -> None:
+    """Forget cached clients (after the endpoint or credentials in the environment change)."""
+    client.cache_clear()
+    resource.cache_clear()

@@ -1,0 +1,187 @@
+"""FanOutConsumer: the one reader of the task-events stream, fanning out to Slack, GitHub, email.
+
+DynamoDB Streams supports about two concurrent readers per shard; every channel runs inside
+this one reader, so adding a channel never costs a reader (EventDriven-SingleStreamReader
+enforces it at synth).
+
+Each optional integration (task table, repo table, GitHub token, Slack secrets, email sender)
+adds its environment variable and its grant if and only if its prop is given.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from infra.acknowledge import acknowledge
+from infra.constructs.dead_letter_queue import DeadLetterQueue
+from infra.constructs.function_alarms import FunctionAlarms
+from infra.constructs.handler_function import HandlerFunction
+
+
+class FanOutConsumer(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        task_events_table: dynamodb.ITable,
+        encryption_key: kms.IKey,
+        task_table: dynamodb.ITable | None = None,
+        repo_table: dynamodb.ITable | None = None,
+        github_token_secret: secretsmanager.ISecret | None = None,
+        slack_secret_prefix: str | None = None,
+        email_sender: str | None = None,
+        alarm_topic: sns.ITopic | None = None,
+        batch_size: int = 100,
+        max_batching_window: Duration = Duration.seconds(1),
+        retry_attempts: int = 10,
+        # Records older than this go to the DLQ (with its alarm) instead of blocking the shard;
+        # a notification more than six hours late is better handled by an operator.
+        max_record_age: Duration = Duration.hours(6),
+        # TRIM_HORIZON: events written while the mapping is created or replaced are still
+        # delivered (LATEST would silently skip them); the dedup markers make replays harmless.
+        starting_position: lambda_.StartingPosition = lambda_.StartingPosition.TRIM_HORIZON,
+        timeout: Duration = Duration.seconds(60),
+        memory_size: int = 512,
+        reserved_concurrency: int = 10,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        if task_events_table.table_stream_arn is None:
+            raise ValueError("FanOutConsumer: task_events_table must have a stream (NEW_IMAGE or NEW_AND_OLD_IMAGES)")
+        if slack_secret_prefix is not None and not slack_secret_prefix.strip():
+            raise ValueError("FanOutConsumer: slack_secret_prefix must not be empty")
+
+        self.dlq = DeadLetterQueue(
+            self, "Dlq", encryption_key=encryption_key, alarm_topic=alarm_topic, purpose="the task-event fan-out"
+        )
+        environment: dict[str, str] = {}
+        if task_table is not None:
+            environment["TASK_TABLE_NAME"] = task_table.table_name
+        if repo_table is not None:
+            environment["REPO_TABLE_NAME"] = repo_table.table_name
+        if github_token_secret is not None:
+            environment["GITHUB_TOKEN_SECRET_ARN"] = github_token_secret.secret_arn
+        if slack_secret_prefix is not None:
+            environment["SLACK_SECRET_PREFIX"] = slack_secret_prefix
+        if email_sender is not None:
+            environment["EMAIL_SENDER"] = email_sender
+
+        self.handler_function = HandlerFunction(
+            self,
+            "Handler",
+            handler="handlers.fanout.handler.handler",
+            description="Fans task events out to Slack, GitHub and email",
+            service_name="fanout",
+            encryption_key=encryption_key,
+            timeout=timeout,
+            memory_size=memory_size,
+            reserved_concurrency=reserved_concurrency,
+            environment=environment,
+            dead_letter_queue=self.dlq.queue,
+        )
+        self.function = self.handler_function.function
+        self.handler_function.acknowledge_key_grants()
+        self.event_source = event_sources.DynamoEventSource(
+            task_events_table,
+            starting_position=starting_position,
+            batch_size=batch_size,
+            max_batching_window=max_batching_window,
+            bisect_batch_on_error=True,
+            report_batch_item_failures=True,
+            retry_attempts=retry_attempts,
+            max_record_age=max_record_age,
+            parallelization_factor=1,
+            on_failure=event_sources.SqsDlq(self.dlq.queue),
+            # Only inserts and updates carry an event; REMOVE records (TTL expiry) never reach the
+            # function. Event types are NOT filtered here: a record with a missing or unknown type
+            # must reach the handler so it is reported (and DLQ'd) instead of vanishing.
+            filters=[lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("INSERT")}),
+                     lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("MODIFY")})],
+        )
+        self.function.add_event_source(self.event_source)
+        self.alarms = FunctionAlarms(
+            self,
+            "Alarms",
+            function=self.function,
+            purpose="task-event fan-out",
+            alarm_topic=alarm_topic,
+            max_iterator_age=Duration.minutes(5),
+        )
+        self._grant_integrations(
+            task_table=task_table,
+            repo_table=repo_table,
+            github_token_secret=github_token_secret,
+            slack_secret_prefix=slack_secret_prefix,
+            email_sender=email_sender,
+        )
+        acknowledge(
+            self.handler_function.role.node.find_child("DefaultPolicy"),
+            "AwsSolutions-IAM5[Resource::*]",
+            "dynamodb:ListStreams (added by the DynamoDB event source) and the X-Ray trace actions have no "
+            "resource-level permissions; every other action here is scoped to a named resource.",
+        )
+        for rule_id in ("NIST.800.53.R5-LambdaInsideVPC", "HIPAA.Security-LambdaInsideVPC"):
+            acknowledge(
+                self.function,
+                rule_id,
+                "The fan-out calls the public Slack and GitHub APIs and reads only DynamoDB, Secrets Manager "
+                "and SES; it holds no private-network data, so a VPC would add NAT cost without isolation.",
+            )
+
+    def _grant_integrations(
+        self,
+        *,
+        task_table: dynamodb.ITable | None,
+        repo_table: dynamodb.ITable | None,
+        github_token_secret: secretsmanager.ISecret | None,
+        slack_secret_prefix: str | None,
+        email_sender: str | None,
+    ) -> None:
+        role = self.handler_function.role
+        if task_table is not None:
+            # Reads the task row, writes dedup markers and message ids with conditional updates.
+            task_table.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem")
+        if repo_table is not None:
+            repo_table.grant(role, "dynamodb:GetItem")
+        if github_token_secret is not None:
+            github_token_secret.grant_read(role)
+        if slack_secret_prefix is not None:
+            stack = Stack.of(self)
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[
+                        stack.format_arn(
+                            service="secretsmanager",
+                            resource="secret",
+                            resource_name=f"{slack_secret_prefix}*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    ],
+                )
+            )
+            acknowledge(
+                role.node.find_child("DefaultPolicy"),
+                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:{slack_secret_prefix}*]",
+                "One bot-token secret per Slack workspace, named by this prefix plus the team id; workspaces "
+                "are onboarded at run time, so the grant covers the prefix and nothing outside it.",
+            )
+        if email_sender is not None:
+            stack = Stack.of(self)
+            domain = email_sender.rsplit("@", 1)[-1]
+            identities = sorted({email_sender, domain})
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["ses:SendEmail"],
+                    resources=[stack.format_arn(service="ses", resource="identity", resource_name=i) for i in identities],
+                )
+            )
+
