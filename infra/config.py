@@ -54,7 +54,8 @@ def _optional_str(section: Mapping[str, Any], key: str, where: str) -> str | Non
 def _optional_arn(section: Mapping[str, Any], key: str, where: str, service: str) -> str | None:
     value = _optional_str(section, key, where)
     if value is not None and (not _ARN.match(value) or value.split(":")[2] != service):
-        raise ConfigError(f"context {where}.{key} must be an ARN of {service}, got {value!r}")
+        name = f"{where}.{key}" if where else key
+        raise ConfigError(f"context {name} must be an ARN of {service}, got {value!r}")
     return value
 
 
@@ -79,7 +80,7 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
     if isinstance(raw_subsystems, str):
         raw_subsystems = [part.strip() for part in raw_subsystems.split(",") if part.strip()]
     if not isinstance(raw_subsystems, list) or not all(isinstance(s, str) for s in raw_subsystems):
-        raise ConfigError("context subsystems must be a list of names, e.g. [\"fanout\"]")
+        raise ConfigError('context subsystems must be a list of names, e.g. ["fanout"]')
     unknown = [name for name in raw_subsystems if name not in SUBSYSTEMS]
     if unknown:
         raise ConfigError(f"context subsystems: unknown subsystem {unknown[0]!r}; known: {', '.join(SUBSYSTEMS)}")
@@ -101,7 +102,7 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
         )
     return AppConfig(
         subsystems=tuple(dict.fromkeys(raw_subsystems)),
-        alarm_topic_arn=_optional_arn(context, "alarm_topic_arn", "(root)", "sns"),
+        alarm_topic_arn=_optional_arn(context, "alarm_topic_arn", "", "sns"),
         fanout=FanOutConfig(
             slack_secret_prefix=_optional_str(fanout, "slack_secret_prefix", "fanout"),
             github_token_secret_arn=_optional_arn(fanout, "github_token_secret_arn", "fanout", "secretsmanager"),

@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     pins = sorted(
-        f"{item['metadata']['name'].lower().replace('_', '-')}=={item['metadata']['version']}" for item in json.loads(report)["install"]
+        f"{item['metadata']['name'].lower().replace('_', '-')}=={item['metadata']['version']}"
+        for item in json.loads(report)["install"]
     )
     lock.write_text(HEADER + "\n".join(pins) + "\n")
     print(f"wrote {len(pins)} pins to {lock}")

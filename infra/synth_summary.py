@@ -52,8 +52,10 @@ def main(argv: list[str]) -> int:
     assembly = Path(argv[1] if len(argv) > 1 else "cdk.out")
     stacks = summarize(assembly)
     total: Counter[str] = Counter()
-    print(f"synthesized {len(stacks)} stack(s) into {assembly}/ with AwsSolutions, Serverless, "
-          "NIST 800-53 R5, HIPAA Security and EventDrivenChecks enforced")
+    print(
+        f"synthesized {len(stacks)} stack(s) into {assembly}/ with AwsSolutions, Serverless, "
+        "NIST 800-53 R5, HIPAA Security and EventDrivenChecks enforced"
+    )
     for name, info in stacks.items():
         total.update(info["acknowledgements"])
         acks = ", ".join(f"{pack} {count}" for pack, count in sorted(info["acknowledgements"].items())) or "none"

@@ -32,7 +32,13 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from handlers.fanout.model import ChannelDispatcher, MalformedRecordError, Outcome, RetryableError, TaskEvent
+from handlers.fanout.model import (
+    ChannelDispatcher,
+    MalformedRecordError,
+    Outcome,
+    RetryableError,
+    TaskEvent,
+)
 from handlers.fanout.routing import CHANNELS, TaskEventBudget, channels_for
 
 RETRYABLE_FAILURE = "retryable_failure"

@@ -72,10 +72,10 @@ def _pull_request_url(event: TaskEvent, task: Mapping[str, Any]) -> str | None:
     url = _metadata_text(event, "pr_url")
     if url and url.startswith(("https://", "http://")):
         return url
-    number = task.get("pr_number")
+    number = str(task.get("pr_number") or "")
     repo = task.get("repo")
-    if number is not None and repo:
-        return f"https://github.com/{repo}/pull/{int(number)}"
+    if number.isdigit() and repo:
+        return f"https://github.com/{repo}/pull/{number}"
     return None
 
 
@@ -85,17 +85,19 @@ def _message(
     task: Mapping[str, Any],
     event: TaskEvent,
     *,
+    suffix: str = "",
     details: list[Block] | None = None,
     link: str | None = None,
 ) -> SlackMessage:
     """Standard layout: emoji + headline naming the repo, optional details, PR button, task id."""
     repo = _repo(task)
-    blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=f"{emoji} {headline} *{escape_mrkdwn(repo)}*"))]
+    headline_text = f"{emoji} {headline} *{escape_mrkdwn(repo)}*{escape_mrkdwn(suffix)}"
+    blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=headline_text))]
     blocks.extend(details or [])
     if link:
         blocks.append(ActionsBlock(elements=[LinkButtonElement(text="View PR", url=link)]))
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Task `{escape_mrkdwn(event.task_id)}`")]))
-    return SlackMessage(text=f"{headline} {repo}", blocks=[block.to_dict() for block in blocks])
+    return SlackMessage(text=f"{headline} {repo}{suffix}", blocks=[block.to_dict() for block in blocks])
 
 
 def task_created(event: TaskEvent, task: Mapping[str, Any]) -> SlackMessage:
@@ -131,13 +133,8 @@ def task_stranded(event: TaskEvent, task: Mapping[str, Any]) -> SlackMessage:
     # The reconciler stamps the status the task was stuck in; older events carry none, and then
     # the parenthetical is left out rather than showing an empty or "None" status.
     prior_status = _metadata_text(event, "prior_status")
-    message = _message(":warning:", "Task stranded for", task, event)
-    if prior_status is None:
-        return message
-    suffix = f" (last status: {prior_status})"
-    headline = message.blocks[0]["text"]["text"] + escape_mrkdwn(suffix)
-    blocks = [{**message.blocks[0], "text": {**message.blocks[0]["text"], "text": headline}}, *message.blocks[1:]]
-    return SlackMessage(text=message.text + suffix, blocks=blocks)
+    suffix = f" (last status: {prior_status})" if prior_status else ""
+    return _message(":warning:", "Task stranded for", task, event, suffix=suffix)
 
 
 def agent_error(event: TaskEvent, task: Mapping[str, Any]) -> SlackMessage:
@@ -150,8 +147,8 @@ def agent_error(event: TaskEvent, task: Mapping[str, Any]) -> SlackMessage:
         # Plain text: an error message is arbitrary text and must not be read as mrkdwn.
         details.append(SectionBlock(text=PlainTextObject(text=truncate(preview))))
     message = _message(":rotating_light:", "Agent error on", task, event, details=details)
-    text = message.text + (f": {error_type}" if error_type else "")
-    return SlackMessage(text=text, blocks=message.blocks)
+    # The type is its own block; the fallback text (notifications) names it too.
+    return SlackMessage(text=message.text + (f": {error_type}" if error_type else ""), blocks=message.blocks)
 
 
 RENDERERS: Mapping[str, Renderer] = MappingProxyType(

@@ -103,8 +103,10 @@ class FanOutConsumer(Construct):
             # Only inserts and updates carry an event; REMOVE records (TTL expiry) never reach the
             # function. Event types are NOT filtered here: a record with a missing or unknown type
             # must reach the handler so it is reported (and DLQ'd) instead of vanishing.
-            filters=[lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("INSERT")}),
-                     lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("MODIFY")})],
+            filters=[
+                lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("INSERT")}),
+                lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("MODIFY")}),
+            ],
         )
         self.function.add_event_source(self.event_source)
         self.alarms = FunctionAlarms(
@@ -181,7 +183,8 @@ class FanOutConsumer(Construct):
             role.add_to_principal_policy(
                 iam.PolicyStatement(
                     actions=["ses:SendEmail"],
-                    resources=[stack.format_arn(service="ses", resource="identity", resource_name=i) for i in identities],
+                    resources=[
+                        stack.format_arn(service="ses", resource="identity", resource_name=i) for i in identities
+                    ],
                 )
             )
-

@@ -113,7 +113,7 @@ class LocalPythonBundling:
         self._handlers_dir = handlers_dir
         self._lock_file = lock_file
 
-    def try_bundle(self, output_dir: str, **_options: Any) -> bool:
+    def try_bundle(self, output_dir: str, *_options: Any, **_keyword_options: Any) -> bool:
         built = build_asset_directory(handlers_dir=self._handlers_dir, lock_file=self._lock_file)
         shutil.copytree(built, output_dir, dirs_exist_ok=True)
         # Never fall back to Docker: a failure above raises with pip's own message.

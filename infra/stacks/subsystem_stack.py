@@ -28,4 +28,6 @@ class SubsystemStack(Stack):
         if alarm_topic_arn is not None:
             self.alarm_topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarm_topic_arn)
         else:
-            self.alarm_topic = AlarmTopic(self, "AlarmTopic", encryption_key=self.encryption_key, subsystem=subsystem).topic
+            self.alarm_topic = AlarmTopic(
+                self, "AlarmTopic", encryption_key=self.encryption_key, subsystem=subsystem
+            ).topic

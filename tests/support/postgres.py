@@ -95,9 +95,7 @@ def start_postgres() -> Iterator[PostgresCluster]:
 def _wait_ready(pg_bin: Path, port: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        ready = subprocess.run(
-            [str(pg_bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
-        )
+        ready = subprocess.run([str(pg_bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True)
         if ready.returncode == 0:
             return
         time.sleep(0.2)

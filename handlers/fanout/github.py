@@ -1,0 +1,473 @@
+"""GitHub dispatcher: one edit-in-place issue/PR comment per task.
+
+The comment carries a hidden marker ``<!-- bgagent-task:<task_id> -->`` and always shows the
+task's latest notified state (terminal events and ``pr_created``). Its id is stored in the task
+row at ``channel_metadata.github_comment_id``.
+
+- no stored id -> adopt the issue's comment that carries our marker, if any, else create one;
+  then save the id conditionally (only if no id is stored yet, or it is the same id);
+- stored id -> edit it; 404 (someone deleted it) -> create again and save the new id
+  conditionally on the old id still being the stored one;
+- 401 -> drop the cached token, read the secret again, retry once (token rotation);
+- 403 (GitHub's secondary rate limit), 429, 5xx, timeouts -> ``RetryableError`` with the
+  Retry-After (or X-RateLimit-Reset) delay when GitHub gives one;
+- any other 4xx (422 body rejected, 404 on the issue itself, 410 locked/gone...) ->
+  ``TERMINAL_FAILURE``, logged: no retry can make GitHub accept it.
+
+Idempotency windows (a redelivery re-runs everything):
+- crash after *create* but before the id is saved: the retry finds no id, lists the issue's
+  comments and adopts the one with our marker -> still one comment. (The only residual window
+  is GitHub's list lagging behind its own create by more than Lambda's redelivery delay.)
+- two invocations racing on one task (only after a timed-out invocation overlaps its retry):
+  both may create; the conditional save lets one id win, the loser deletes the comment it
+  created and fails retryably, so its redelivery edits the winner's comment.
+- crash after an *edit*: the retry edits again with the same body -- harmless.
+
+Edits are ordered because records of one task are processed in stream order and a failure
+stops the task's later records until the failed one succeeds on redelivery.
+
+Tokens: the repo table's ``github_token_secret_arn`` for the task's repo when present, else the
+stack-wide secret. SecretString is the token itself or JSON with a ``token`` field. Tokens are
+cached per container per secret; repo rows for ``REPO_ROW_TTL_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
+
+from handlers.common.aws import client
+from handlers.fanout.model import (
+    MalformedRecordError,
+    Outcome,
+    RetryableError,
+    TaskEvent,
+)
+from handlers.fanout.routing import (
+    GITHUB,
+    PR_CREATED,
+    TASK_CANCELLED,
+    TASK_COMPLETED,
+    TASK_FAILED,
+    TASK_STRANDED,
+)
+from handlers.fanout.settings import child_logger
+from handlers.fanout.task_row import (
+    channel_metadata,
+    deserialize_item,
+    ensure_channel_metadata,
+    is_conditional_check_failure,
+)
+
+logger = child_logger()
+
+COMMENT_ID_FIELD = "github_comment_id"
+REQUEST_TIMEOUT_SECONDS = 8.0
+REPO_ROW_TTL_SECONDS = 300.0
+MAX_LIST_PAGES = 20  # 2,000 comments: beyond that we stop looking for our marker and create
+API_VERSION = "2022-11-28"
+USER_AGENT = "bgagent-fanout"
+
+T = TypeVar("T")
+
+
+def marker(task_id: str) -> str:
+    return f"<!-- bgagent-task:{task_id} -->"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering: one renderer per event type this channel can show. RENDERABLE_EVENTS is what the
+# drift test checks the channel's subscription against.
+
+
+def _link(metadata: Mapping[str, Any], key: str, label: str) -> str | None:
+    url = metadata.get(key)
+    return f"[{label}]({url})" if isinstance(url, str) and url.startswith("https://") else None
+
+
+def _quote(text: object, limit: int = 500) -> str | None:
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = text.strip()
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return "\n".join("> " + line for line in text.splitlines())
+
+
+def _render_completed(event: TaskEvent, task: Mapping[str, Any]) -> list[str | None]:
+    return ["✅ **Completed**", _link(event.metadata, "pr_url", "View pull request")]
+
+
+def _render_failed(event: TaskEvent, task: Mapping[str, Any]) -> list[str | None]:
+    error = event.metadata.get("error_message") or event.metadata.get("message_preview")
+    return ["❌ **Failed**", _quote(error)]
+
+
+def _render_cancelled(event: TaskEvent, task: Mapping[str, Any]) -> list[str | None]:
+    return ["🚫 **Cancelled**"]
+
+
+def _render_stranded(event: TaskEvent, task: Mapping[str, Any]) -> list[str | None]:
+    prior = event.metadata.get("prior_status")
+    suffix = f" (last status: {prior})" if isinstance(prior, str) and prior else ""
+    return [f"⚠️ **Stranded**{suffix}: the agent stopped reporting progress."]
+
+
+def _render_pr_created(event: TaskEvent, task: Mapping[str, Any]) -> list[str | None]:
+    return ["🔀 **Pull request opened**", _link(event.metadata, "pr_url", "View pull request")]
+
+
+RENDERERS: Mapping[str, Callable[[TaskEvent, Mapping[str, Any]], list[str | None]]] = {
+    TASK_COMPLETED: _render_completed,
+    TASK_FAILED: _render_failed,
+    TASK_CANCELLED: _render_cancelled,
+    TASK_STRANDED: _render_stranded,
+    PR_CREATED: _render_pr_created,
+}
+RENDERABLE_EVENTS: frozenset[str] = frozenset(RENDERERS)
+
+
+def render_comment(event: TaskEvent, task: Mapping[str, Any]) -> str:
+    lines = [marker(event.task_id), f"**Background agent task** `{event.task_id}`", ""]
+    lines += [line for line in RENDERERS[event.event_type](event, task) if line]
+    lines += ["", f"<sub>Updated {event.timestamp} · event `{event.event_id}` ({event.event_type})</sub>"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# REST client (stdlib only: nothing else is bundled for this).
+
+
+class GitHubHttpError(Exception):
+    def __init__(self, status: int, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(f"GitHub answered {status}: {message}")
+        self.status = status
+        self.retry_after_seconds = retry_after_seconds
+
+
+@dataclass(frozen=True)
+class GitHubResponse:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+class GitHubClient:
+    def __init__(self, api_url: str, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        self._api_url = api_url.rstrip("/")
+        self._timeout = timeout
+
+    def request(self, method: str, path_or_url: str, token: str, body: Mapping[str, Any] | None = None) -> GitHubResponse:
+        url = path_or_url if path_or_url.startswith(("http://", "https://")) else self._api_url + path_or_url
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": API_VERSION,
+            "User-Agent": USER_AGENT,
+            **({"Content-Type": "application/json"} if data is not None else {}),
+        })
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                raw = response.read()
+                return GitHubResponse(response.status, json.loads(raw) if raw else None, dict(response.headers))
+        except urllib.error.HTTPError as exc:
+            detail = _error_message(exc)
+            raise GitHubHttpError(exc.code, detail, _retry_after(exc.headers)) from exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            raise RetryableError(f"GitHub {method} {url} did not answer: {exc}") from exc
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        payload = json.loads(exc.read() or b"{}")
+    except ValueError:
+        return exc.reason or ""
+    return str(payload.get("message", exc.reason)) if isinstance(payload, dict) else str(exc.reason)
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            try:
+                parsed = email.utils.parsedate_to_datetime(retry_after)
+            except (TypeError, ValueError):
+                return None
+            return max(0.0, parsed.timestamp() - time.time())
+    if headers.get("X-RateLimit-Remaining") == "0" and headers.get("X-RateLimit-Reset"):
+        try:
+            return max(0.0, float(headers["X-RateLimit-Reset"]) - time.time())
+        except ValueError:
+            return None
+    return None
+
+
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class _TerminalGitHubError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Target:
+    owner_repo: str
+    number: int
+
+    @property
+    def comments_path(self) -> str:
+        return f"/repos/{self.owner_repo}/issues/{self.number}/comments"
+
+    def comment_path(self, comment_id: int) -> str:
+        return f"/repos/{self.owner_repo}/issues/comments/{comment_id}"
+
+
+class GitHubDispatcher:
+    channel = GITHUB
+
+    def __init__(
+        self,
+        *,
+        task_table_name: str,
+        default_token_secret_arn: str,
+        repo_table_name: str | None = None,
+        api_url: str = "https://api.github.com",
+    ) -> None:
+        self._task_table = task_table_name
+        self._default_secret = default_token_secret_arn
+        self._repo_table = repo_table_name
+        self._api = GitHubClient(api_url)
+        self._tokens: dict[str, str] = {}
+        self._repo_secrets: dict[str, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
+        if event.event_type not in RENDERERS:
+            return Outcome.SKIPPED
+        target = _target(task)
+        if target is None:
+            return Outcome.SKIPPED  # the task has no PR or issue to comment on
+        body = render_comment(event, task)
+        secret_arn = self._secret_arn_for(target.owner_repo)
+        try:
+            return self._with_token(secret_arn, lambda token: self._upsert_comment(token, target, task, body))
+        except _TerminalGitHubError as exc:
+            logger.error("GitHub rejected the comment; not retrying", extra={
+                "channel": GITHUB, "repo": target.owner_repo, "number": target.number, "error": str(exc),
+            })
+            return Outcome.TERMINAL_FAILURE
+
+    # -- the comment ------------------------------------------------------------------------
+
+    def _upsert_comment(self, token: str, target: _Target, task: Mapping[str, Any], body: str) -> Outcome:
+        stored_id = _comment_id(channel_metadata(task).get(COMMENT_ID_FIELD))
+        if stored_id is not None:
+            try:
+                self._call(token, "PATCH", target.comment_path(stored_id), {"body": body})
+                return Outcome.DELIVERED
+            except GitHubHttpError as exc:
+                if exc.status != 404:
+                    raise self._classify(exc) from exc
+                logger.warning("Stored GitHub comment is gone; creating a new one", extra={
+                    "channel": GITHUB, "comment_id": stored_id, "repo": target.owner_repo,
+                })
+
+        adopted = self._find_marked_comment(token, target, str(task["task_id"]))
+        if adopted is not None:
+            self._call_classified(token, "PATCH", target.comment_path(adopted), {"body": body})
+            new_id, created = adopted, False
+        else:
+            response = self._call_classified(token, "POST", target.comments_path, {"body": body})
+            new_id, created = int(response.body["id"]), True
+        self._save_comment_id(token, target, task, new_id, previous_id=stored_id, created=created)
+        return Outcome.DELIVERED
+
+    def _find_marked_comment(self, token: str, target: _Target, task_id: str) -> int | None:
+        wanted = marker(task_id)
+        url: str | None = f"{target.comments_path}?per_page=100"
+        for _ in range(MAX_LIST_PAGES):
+            if url is None:
+                return None
+            response = self._call_classified(token, "GET", url, None)
+            for comment in response.body or []:
+                if isinstance(comment, dict) and wanted in str(comment.get("body", "")):
+                    return int(comment["id"])
+            match = _NEXT_LINK.search(response.headers.get("Link", "") or "")
+            url = match.group(1) if match else None
+        logger.warning("Stopped looking for the marked comment after the page limit", extra={
+            "channel": GITHUB, "repo": target.owner_repo, "number": target.number, "pages": MAX_LIST_PAGES,
+        })
+        return None
+
+    def _save_comment_id(
+        self, token: str, target: _Target, task: Mapping[str, Any], new_id: int, *, previous_id: int | None,
+        created: bool,
+    ) -> None:
+        ensure_channel_metadata(self._task_table, task)
+        if previous_id is None:
+            condition = "attribute_exists(task_id) AND (attribute_not_exists(#cm.#cid) OR #cm.#cid = :new)"
+            values = {":new": {"N": str(new_id)}}
+        else:
+            condition = "attribute_exists(task_id) AND (#cm.#cid = :old OR #cm.#cid = :new)"
+            values = {":new": {"N": str(new_id)}, ":old": {"N": str(previous_id)}}
+        try:
+            client("dynamodb").update_item(
+                TableName=self._task_table,
+                Key={"task_id": {"S": str(task["task_id"])}},
+                UpdateExpression="SET #cm.#cid = :new",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#cm": "channel_metadata", "#cid": COMMENT_ID_FIELD},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if not is_conditional_check_failure(exc):
+                raise
+            # Another invocation stored a different comment for this task. Ours is the
+            # duplicate: remove it (if we created it) and let the redelivery edit theirs.
+            if created:
+                self._delete_quietly(token, target, new_id)
+            raise RetryableError(
+                f"comment id of task {task['task_id']} changed concurrently; redelivery will edit the stored one"
+            ) from exc
+
+    def _delete_quietly(self, token: str, target: _Target, comment_id: int) -> None:
+        try:
+            self._call(token, "DELETE", target.comment_path(comment_id), None)
+        except (GitHubHttpError, RetryableError) as exc:
+            if isinstance(exc, GitHubHttpError) and exc.status == 404:
+                return
+            logger.error("Could not delete a duplicate GitHub comment; it stays visible", extra={
+                "channel": GITHUB, "comment_id": comment_id, "repo": target.owner_repo, "error": str(exc),
+                "error_id": "FANOUT_GITHUB_DUP_DELETE_FAILED",
+            })
+
+    # -- HTTP classification ----------------------------------------------------------------
+
+    def _call(self, token: str, method: str, path: str, body: Mapping[str, Any] | None) -> GitHubResponse:
+        try:
+            return self._api.request(method, path, token, body)
+        except GitHubHttpError as exc:
+            if exc.status == 401:
+                raise _Unauthorized(str(exc)) from exc
+            raise
+
+    def _call_classified(self, token: str, method: str, path: str, body: Mapping[str, Any] | None) -> GitHubResponse:
+        try:
+            return self._call(token, method, path, body)
+        except GitHubHttpError as exc:
+            raise self._classify(exc) from exc
+
+    @staticmethod
+    def _classify(exc: GitHubHttpError) -> Exception:
+        if exc.status in (403, 429) or exc.status >= 500:
+            return RetryableError(str(exc), retry_after_seconds=exc.retry_after_seconds)
+        return _TerminalGitHubError(str(exc))
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def _with_token(self, secret_arn: str, action: Callable[[str], T]) -> T:
+        try:
+            return action(self._token(secret_arn))
+        except _Unauthorized:
+            # The secret may have been rotated since we cached it: read it again, once.
+            logger.info("GitHub answered 401; re-reading the token secret", extra={"channel": GITHUB})
+            with self._lock:
+                self._tokens.pop(secret_arn, None)
+        try:
+            return action(self._token(secret_arn))
+        except _Unauthorized as exc:
+            raise RetryableError(f"GitHub rejected a freshly read token from {secret_arn}: {exc}") from exc
+
+    def _token(self, secret_arn: str) -> str:
+        with self._lock:
+            cached = self._tokens.get(secret_arn)
+        if cached:
+            return cached
+        secret = client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+        token = _token_from_secret(secret, secret_arn)
+        with self._lock:
+            self._tokens[secret_arn] = token
+        return token
+
+    def _secret_arn_for(self, owner_repo: str) -> str:
+        if not self._repo_table:
+            return self._default_secret
+        now = time.monotonic()
+        with self._lock:
+            cached = self._repo_secrets.get(owner_repo)
+        if cached is not None and now - cached[0] < REPO_ROW_TTL_SECONDS:
+            return cached[1] or self._default_secret
+        item = client("dynamodb").get_item(TableName=self._repo_table, Key={"repo": {"S": owner_repo}}).get("Item")
+        arn = deserialize_item(item).get("github_token_secret_arn") if item else None
+        repo_secret = arn if isinstance(arn, str) and arn else None
+        with self._lock:
+            self._repo_secrets[owner_repo] = (now, repo_secret)
+        return repo_secret or self._default_secret
+
+
+def _token_from_secret(secret: str, secret_arn: str) -> str:
+    text = secret.strip()
+    if text.startswith("{"):
+        try:
+            token = json.loads(text).get("token")
+        except (ValueError, AttributeError) as exc:
+            raise MalformedRecordError(f"GitHub token secret {secret_arn} is not valid JSON") from exc
+        if not isinstance(token, str) or not token:
+            raise MalformedRecordError(f"GitHub token secret {secret_arn} has no 'token' field")
+        return token
+    if not text:
+        raise MalformedRecordError(f"GitHub token secret {secret_arn} is empty")
+    return text
+
+
+def _target(task: Mapping[str, Any]) -> _Target | None:
+    number = task.get("pr_number")
+    if number is None:
+        number = task.get("issue_number")
+    if number is None:
+        return None
+    repo = task.get("repo")
+    if not isinstance(repo, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
+        raise MalformedRecordError(f"task {task.get('task_id')} has no valid 'owner/name' repo (got {repo!r})")
+    if isinstance(number, bool):
+        raise MalformedRecordError(f"task {task.get('task_id')} has a boolean PR/issue number")
+    try:
+        parsed = int(number)
+    except (TypeError, ValueError) as exc:
+        raise MalformedRecordError(f"task {task.get('task_id')} has a non-numeric PR/issue number {number!r}") from exc
+    if parsed <= 0 or (isinstance(number, (Decimal, float)) and number != parsed):
+        raise MalformedRecordError(f"task {task.get('task_id')} has an invalid PR/issue number {number!r}")
+    return _Target(repo, parsed)
+
+
+def _comment_id(value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise MalformedRecordError(f"channel_metadata.{COMMENT_ID_FIELD} is not a number: {value!r}") from exc

@@ -1,0 +1,856 @@
+"""Slack dispatcher: Block Kit notifications in the task's Slack thread, exactly once.
+
+Scope: only tasks whose ``channel_source`` is ``slack`` and only the events ``slack_blocks``
+can render; everything else is SKIPPED. Messages thread under ``slack_thread_ts`` (the
+@mention that started the task); without one, the task_created message is posted at top level
+and becomes the thread root. DM channels (id ``D...``) are posted to the user id when it is
+known. Link unfurling is off. The bot token of team T is read from the secret
+``<prefix>T`` (SecretString: the token, or JSON ``{"bot_token": ...}``), cached per container.
+
+Error classes (see ``SlackFailure``):
+- the terminal Slack codes in ``TERMINAL_SLACK_ERRORS`` -> logged + metric, TERMINAL_FAILURE;
+- everything else (ratelimited/429, 5xx, internal_error, fatal_error, service_unavailable,
+  request_timeout, timeouts, connection errors) -> ``RetryableError``, Retry-After logged;
+- a missing or malformed bot-token secret is a broken deployment for that team:
+  ``SlackConfigurationError``, which fails the record (error log + metric). Retries re-read
+  the secret, so a secret created meanwhile heals it; otherwise the record ends in the
+  on-failure destination, from where it can be redriven once the secret is fixed. Answering
+  TERMINAL_FAILURE instead would acknowledge -- i.e. drop -- every notification of that team.
+
+slack-sdk retries: the client that posts has *no* built-in retry handlers. A retried
+chat.postMessage after a lost answer is a duplicate message, and RateLimitErrorRetryHandler
+would sleep Retry-After (often 30 s+) inside the invocation while the rest of the batch
+waits. Every post failure goes to our classifier instead, the dedup protocol below makes the
+redelivery safe, and Lambda's redelivery is the retry. The client for idempotent calls
+(reactions, deletes, lookups) keeps one short connection-error retry: repeating those is
+harmless (already_reacted / message_not_found are answers we accept).
+
+Dedup markers (``channel_metadata.<marker>`` in the task row, one per kind of message):
+``slack_created_msg`` (task_created), ``slack_session_msg`` (session_started),
+``slack_terminal_msg`` (shared by completed/failed/cancelled/timed_out/stranded: the first
+terminal event wins, later ones are SKIPPED) and ``slack_agent_error_msg`` (agent_error).
+A marker is a map: ``{state: pending, token, lease_until_ms, first_claimed_at_ms, ...}`` while
+an attempt owns it, ``{state: posted, token, ts, channel, ...}`` once the message is confirmed
+(the created/session ``ts`` is what the terminal cleanup deletes).
+
+Protocol (fixes the seed, which wrote its marker *before* posting, so a failed post lost the
+notification forever): read the marker (consistent read) ->
+  posted                        -> SKIPPED (duplicate delivery);
+  pending, lease not expired    -> RetryableError (another attempt is in flight);
+  absent                        -> claim: conditional write ``attribute_not_exists``;
+  pending, lease expired        -> take over: conditional on the old token (fencing), then
+                                   look for the earlier attempt's message before posting;
+then post (only if the lease still covers the longest possible post), set the state reaction,
+on terminal events delete the intermediate messages, and confirm: conditional on our token,
+storing the ts. Every post carries Slack message metadata naming the task and marker, which
+is how a takeover recognises an earlier attempt's message (conversations.replies for
+threaded posts, conversations.history for top-level ones, from the first claim on).
+
+A definite rejection (ok:false with a code, 429) releases the claim; an answer that leaves it
+open whether Slack stored the message (5xx, internal_error/fatal_error/service_unavailable,
+timeout, connection error) expires the lease instead, so the redelivery takes over at once
+*and* looks for the message before posting again.
+
+Crash windows (the container dies; Lambda redelivers the record):
+- before the claim: nothing was written or posted; the redelivery starts from scratch.
+- after the claim, before the post: the marker stays pending until its lease expires;
+  redeliveries meanwhile fail retryably; then one takes over, finds no message, posts once.
+- after the post, before the confirm: same, but the takeover finds the message by its
+  metadata and confirms it (and re-applies the reaction and cleanup, both idempotent):
+  still one message. Residual window, stated honestly: if the lookup is impossible (the app
+  lacks the history scope, or Slack's read lags its write by more than the lease) the
+  takeover posts again -- a duplicate, never a loss. That fallback is logged
+  (FANOUT_SLACK_LOOKUP_UNAVAILABLE).
+- after the confirm: the marker says posted; redeliveries are SKIPPED.
+- two live attempts: only possible if one stalls past its lease between the lease check and
+  the post. The fencing token makes the stale attempt's confirm fail; it then keeps its
+  message if the winner adopted it, deletes it if the winner confirmed another one
+  (message_not_found counts as deleted; a failed delete is FANOUT_SLACK_DUP_DELETE_FAILED),
+  and otherwise leaves it and logs FANOUT_SLACK_LEASE_OVERRUN (a possible duplicate beats a
+  possible loss).
+
+Reactions track the task state on the root message (eyes -> hourglass_flowing_sand ->
+white_check_mark / x / no_entry_sign / hourglass / x). A failing reaction is logged at error
+(FANOUT_SLACK_REACTION_FAILED) but does not fail the record: the notification itself was
+delivered, and failing the record would hold back the task's later events (per-task order)
+and spend the retry budget -- which can push a real notification into the DLQ -- for an
+emoji; the next state change replaces the reaction anyway. The same holds for deleting the
+intermediate messages of a terminal event (FANOUT_SLACK_CLEANUP_DELETE_FAILED).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import ConnectionErrorRetryHandler
+from slack_sdk.web import SlackResponse
+
+from handlers.common.aws import client
+from handlers.common.config import ConfigurationError
+from handlers.common.observability import METRICS_NAMESPACE
+from handlers.fanout.model import MalformedRecordError, Outcome, RetryableError, TaskEvent
+from handlers.fanout.routing import (
+    AGENT_ERROR,
+    SESSION_STARTED,
+    SLACK,
+    TASK_CANCELLED,
+    TASK_COMPLETED,
+    TASK_CREATED,
+    TASK_FAILED,
+    TASK_STRANDED,
+    TASK_TIMED_OUT,
+    TERMINAL_EVENTS,
+)
+from handlers.fanout.slack_blocks import RENDERABLE_EVENTS, SlackMessage, render
+from handlers.fanout.task_row import deserialize_item, is_conditional_check_failure
+
+SERVICE = "fanout"
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE), child=True)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", METRICS_NAMESPACE), service=SERVICE)
+_metrics_lock = threading.Lock()
+
+TERMINAL_SLACK_ERRORS = frozenset(
+    {
+        "channel_not_found", "not_in_channel", "is_archived", "message_not_found", "not_authed",
+        "invalid_auth", "token_revoked", "token_expired", "account_inactive", "no_permission",
+        "missing_scope", "restricted_action", "ekm_access_denied", "team_access_not_granted",
+        "posting_to_general_channel_denied", "as_user_not_supported", "invalid_blocks",
+        "invalid_blocks_format", "invalid_arguments", "msg_too_long", "too_many_attachments",
+    }
+)  # fmt: skip
+# The cached token is stale or dead: forget it so the next record reads the secret again.
+AUTH_ERRORS = frozenset({"not_authed", "invalid_auth", "token_revoked", "token_expired", "account_inactive"})
+# Answers after which Slack may nevertheless have stored the message (Slack documents that
+# fatal_error can follow a partial success); 5xx and transport errors are treated the same.
+MAYBE_POSTED_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
+
+SLACK_TERMINAL_EVENTS = TERMINAL_EVENTS | {TASK_TIMED_OUT}
+CREATED_MARKER = "slack_created_msg"
+SESSION_MARKER = "slack_session_msg"
+TERMINAL_MARKER = "slack_terminal_msg"
+AGENT_ERROR_MARKER = "slack_agent_error_msg"
+MARKERS: Mapping[str, str] = {
+    TASK_CREATED: CREATED_MARKER,
+    SESSION_STARTED: SESSION_MARKER,
+    AGENT_ERROR: AGENT_ERROR_MARKER,
+    **{event_type: TERMINAL_MARKER for event_type in SLACK_TERMINAL_EVENTS},
+}
+PENDING = "pending"
+POSTED = "posted"
+
+STATE_REACTIONS: Mapping[str, str] = {
+    TASK_CREATED: "eyes",
+    SESSION_STARTED: "hourglass_flowing_sand",
+    TASK_COMPLETED: "white_check_mark",
+    TASK_FAILED: "x",
+    TASK_CANCELLED: "no_entry_sign",
+    TASK_TIMED_OUT: "hourglass",
+    TASK_STRANDED: "x",
+}
+REPLACED_REACTIONS: Mapping[str, tuple[str, ...]] = {
+    SESSION_STARTED: ("eyes",),
+    **{event_type: ("eyes", "hourglass_flowing_sand") for event_type in SLACK_TERMINAL_EVENTS},
+}
+
+# Slack message metadata on every post: how a takeover recognises an earlier attempt's message.
+METADATA_EVENT_TYPE = "bgagent_task_notification"
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_HTTP_TIMEOUT_SECONDS = 8
+# The lease must still cover the post (HTTP timeout) plus this margin when we start posting.
+POST_MARGIN_MS = 2_000
+# The lookup starts this long before the first claim: clocks of different containers differ.
+LOOKUP_CLOCK_SKEW_MS = 60_000
+LOOKUP_PAGE_SIZE = 200
+LOOKUP_MAX_PAGES = 5
+CLAIM_ROUNDS = 3
+
+_serializer = TypeSerializer()
+
+
+class SlackConfigurationError(Exception):
+    """The Slack team's bot-token secret is missing, unreadable or malformed (broken deployment)."""
+
+
+class SlackRetryableError(RetryableError):
+    """A transient Slack failure after which our claim was already released or expired."""
+
+
+@dataclass(frozen=True)
+class SlackTarget:
+    team_id: str
+    channel_id: str
+    user_id: str | None
+    thread_ts: str | None
+
+    @classmethod
+    def from_task(cls, task: Mapping[str, Any]) -> SlackTarget:
+        metadata = task.get("channel_metadata")
+        if not isinstance(metadata, Mapping):
+            raise MalformedRecordError(f"slack task {task.get('task_id')} has no channel_metadata map")
+        missing = [name for name in ("slack_team_id", "slack_channel_id") if not _text(metadata.get(name))]
+        if missing:
+            raise MalformedRecordError(f"slack task {task.get('task_id')} lacks channel_metadata {', '.join(missing)}")
+        return cls(
+            team_id=str(metadata["slack_team_id"]),
+            channel_id=str(metadata["slack_channel_id"]),
+            user_id=_text(metadata.get("slack_user_id")),
+            thread_ts=_text(metadata.get("slack_thread_ts")),
+        )
+
+    @property
+    def post_channel(self) -> str:
+        """DMs are addressed by user id when we know it; Slack resolves it to the DM channel."""
+        if self.channel_id.startswith("D") and self.user_id:
+            return self.user_id
+        return self.channel_id
+
+
+@dataclass(frozen=True)
+class SlackFailure:
+    code: str
+    status: int | None
+    terminal: bool
+    maybe_posted: bool
+    retry_after_seconds: float | None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> SlackFailure | None:
+        """Classify a slack-sdk call failure; None for errors that are not Slack/transport failures."""
+        if isinstance(exc, SlackApiError):
+            response = exc.response
+            data = response.data if isinstance(response.data, dict) else {}
+            status = int(response.status_code)
+            error = data.get("error")
+            # A non-JSON body (a gateway's 5xx page) yields a prose "error"; name it by status instead.
+            code = error if isinstance(error, str) and error.isidentifier() else f"http_{status}"
+            return cls(
+                code=code,
+                status=status,
+                terminal=code in TERMINAL_SLACK_ERRORS,
+                maybe_posted=status >= 500 or code in MAYBE_POSTED_ERRORS,
+                retry_after_seconds=_retry_after(response.headers),
+            )
+        if isinstance(exc, (OSError, http.client.HTTPException)):  # URLError, timeouts, resets
+            return cls(type(exc).__name__, None, terminal=False, maybe_posted=True, retry_after_seconds=None)
+        return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    marker: str
+    token: str
+    lease_until_ms: int
+    first_claimed_at_ms: int
+    takeover: bool
+    channel_metadata: Mapping[str, Any]  # consistent read taken just before claiming
+
+
+@dataclass(frozen=True)
+class _TeamClients:
+    poster: WebClient  # chat.postMessage: no built-in retries (see module docstring)
+    helper: WebClient  # idempotent calls: one short retry on connection errors
+
+
+@dataclass(frozen=True)
+class _Posted:
+    channel: str
+    ts: str
+
+
+class SlackDispatcher:
+    channel = SLACK
+
+    def __init__(
+        self,
+        *,
+        task_table_name: str,
+        slack_secret_prefix: str,
+        slack_api_url: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        http_timeout_seconds: int = DEFAULT_HTTP_TIMEOUT_SECONDS,
+    ) -> None:
+        if not task_table_name:
+            raise ConfigurationError("SlackDispatcher: TASK_TABLE_NAME is required (markers live in the task table)")
+        if not slack_secret_prefix:
+            raise ConfigurationError("SlackDispatcher: SLACK_SECRET_PREFIX is required (bot tokens live there)")
+        if lease_seconds * 1000 < http_timeout_seconds * 1000 + POST_MARGIN_MS:
+            raise ConfigurationError("SlackDispatcher: the claim lease must outlast one post (HTTP timeout + margin)")
+        self._table = task_table_name
+        self._secret_prefix = slack_secret_prefix
+        self._api_url = slack_api_url or WebClient.BASE_URL
+        self._lease_ms = int(lease_seconds * 1000)
+        self._post_budget_ms = http_timeout_seconds * 1000 + POST_MARGIN_MS
+        self._http_timeout = http_timeout_seconds
+        self._teams: dict[str, _TeamClients] = {}
+        self._teams_lock = threading.Lock()
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
+        if task.get("channel_source") != SLACK:
+            return Outcome.SKIPPED
+        if event.event_type not in RENDERABLE_EVENTS:
+            logger.info("No Slack renderer for this event type", extra=_log_fields(event))
+            return Outcome.SKIPPED
+        target = SlackTarget.from_task(task)
+        message = render(event, task)
+        team = self._team_clients(target.team_id)  # before claiming: a broken secret leaves no claim behind
+        claim = self._claim(event, MARKERS[event.event_type])
+        if isinstance(claim, Outcome):
+            return claim
+        try:
+            return self._deliver(event, target, team, message, claim)
+        except SlackRetryableError:
+            raise  # the claim was already released or expired where the failure was classified
+        except Exception:
+            # Anything else (a task-table write after the post, a bug): we may have posted.
+            # End the lease so the redelivery takes over at once and looks before posting.
+            self._expire(event.task_id, claim)
+            raise
+
+    def _deliver(
+        self, event: TaskEvent, target: SlackTarget, team: _TeamClients, message: SlackMessage, claim: Claim
+    ) -> Outcome:
+        thread_ts = target.thread_ts
+        if thread_ts is None and event.event_type != TASK_CREATED:
+            thread_ts = _posted_ts(claim.channel_metadata.get(CREATED_MARKER))
+        posted = self._find_earlier_post(event, target, team, thread_ts, claim) if claim.takeover else None
+        if posted is None:
+            result = self._post(event, target, team, message, thread_ts, claim)
+            if isinstance(result, Outcome):
+                return result
+            posted = result
+        root = self._root(target, claim, event, posted)
+        if root is not None:
+            self._update_reactions(event, team, root)
+        if event.event_type in SLACK_TERMINAL_EVENTS:
+            self._delete_intermediate_messages(event, team, claim, root)
+        return self._confirm(event, team, claim, posted, root)
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def _team_clients(self, team_id: str) -> _TeamClients:
+        with self._teams_lock:
+            cached = self._teams.get(team_id)
+        if cached is not None:
+            return cached
+        token = self._read_bot_token(team_id)
+        clients = _TeamClients(
+            poster=WebClient(token=token, base_url=self._api_url, timeout=self._http_timeout, retry_handlers=[]),
+            helper=WebClient(
+                token=token,
+                base_url=self._api_url,
+                timeout=self._http_timeout,
+                retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=1)],
+            ),
+        )
+        with self._teams_lock:
+            return self._teams.setdefault(team_id, clients)
+
+    def _forget_team(self, team_id: str) -> None:
+        with self._teams_lock:
+            self._teams.pop(team_id, None)
+
+    def _read_bot_token(self, team_id: str) -> str:
+        secret_id = f"{self._secret_prefix}{team_id}"
+        try:
+            response = client("secretsmanager").get_secret_value(SecretId=secret_id)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
+                raise self._secret_error("FANOUT_SLACK_SECRET_MISSING", team_id, secret_id, "secret not found") from exc
+            if code in ("AccessDeniedException", "DecryptionFailure", "InvalidRequestException"):
+                raise self._secret_error("FANOUT_SLACK_SECRET_UNREADABLE", team_id, secret_id, code) from exc
+            raise RetryableError(f"reading Slack secret {secret_id} failed: {code}") from exc
+        except BotoCoreError as exc:
+            raise RetryableError(f"reading Slack secret {secret_id} failed: {exc}") from exc
+        try:
+            return parse_bot_token(response.get("SecretString"))
+        except ValueError as exc:
+            raise self._secret_error("FANOUT_SLACK_SECRET_MALFORMED", team_id, secret_id, str(exc)) from exc
+
+    @staticmethod
+    def _secret_error(error_id: str, team_id: str, secret_id: str, reason: str) -> SlackConfigurationError:
+        logger.error(
+            "Slack bot token unavailable; the record fails and ends in the on-failure destination if this persists",
+            extra={"error_id": error_id, "team_id": team_id, "secret_id": secret_id, "reason": reason},
+        )
+        _count("slack_secret_error")
+        return SlackConfigurationError(f"{error_id}: Slack secret {secret_id} for team {team_id}: {reason}")
+
+    # -- marker: claim, confirm, release ---------------------------------------------------
+
+    def _claim(self, event: TaskEvent, marker: str) -> Claim | Outcome:
+        for _ in range(CLAIM_ROUNDS):
+            metadata = self._read_channel_metadata(event.task_id)
+            current = metadata.get(marker)
+            now = _now_ms()
+            if current is not None and _marker_state(current) != PENDING:
+                logger.info("Slack message already posted for this marker; skipping", extra=_log_fields(event, marker))
+                _count("slack_deduplicated")
+                return Outcome.SKIPPED
+            if current is not None and int(current.get("lease_until_ms", 0)) > now:
+                wait = (int(current["lease_until_ms"]) - now) / 1000
+                raise RetryableError(
+                    f"another attempt is posting {marker} for task {event.task_id}", retry_after_seconds=wait
+                )
+            token = uuid.uuid4().hex
+            first_claimed_at = int(current.get("first_claimed_at_ms", now)) if current is not None else now
+            value = {
+                "state": PENDING,
+                "token": token,
+                "lease_until_ms": now + self._lease_ms,
+                "first_claimed_at_ms": first_claimed_at,
+                "event_id": event.event_id,
+                "event_type": event.event_type,
+            }
+            if current is None:
+                condition, values = "attribute_not_exists(#cm.#m)", {}
+            else:  # fencing: take over exactly the expired claim we read, nobody else's
+                condition, values = (
+                    "#cm.#m.#token = :previous AND #cm.#m.#state = :pending",
+                    {
+                        ":previous": current.get("token"),
+                        ":pending": PENDING,
+                    },
+                )
+            if self._write_marker(event.task_id, marker, "SET #cm.#m = :value", condition, {":value": value, **values}):
+                if current is not None:
+                    logger.warning("Taking over an expired Slack claim", extra=_log_fields(event, marker))
+                return Claim(marker, token, now + self._lease_ms, first_claimed_at, current is not None, metadata)
+        raise RetryableError(f"marker {marker} of task {event.task_id} keeps changing under us")
+
+    def _confirm(
+        self, event: TaskEvent, team: _TeamClients, claim: Claim, posted: _Posted, root: _Posted | None
+    ) -> Outcome:
+        value = {
+            "state": POSTED,
+            "token": claim.token,
+            "ts": posted.ts,
+            "channel": posted.channel,
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "first_claimed_at_ms": claim.first_claimed_at_ms,
+            "posted_at_ms": _now_ms(),
+        }
+        if self._write_marker(
+            event.task_id,
+            claim.marker,
+            "SET #cm.#m = :value",
+            "#cm.#m.#token = :token AND #cm.#m.#state = :pending",
+            {":value": value, ":token": claim.token, ":pending": PENDING},
+        ):
+            logger.info("Slack message delivered", extra={**_log_fields(event, claim.marker), "ts": posted.ts})
+            _count("slack_posted")
+            return Outcome.DELIVERED
+        return self._lost_confirm(event, team, claim, posted, root)
+
+    def _lost_confirm(
+        self, event: TaskEvent, team: _TeamClients, claim: Claim, posted: _Posted, root: _Posted | None
+    ) -> Outcome:
+        """Our fencing token is no longer the marker's: someone took the claim over meanwhile."""
+        current = self._read_channel_metadata(event.task_id).get(claim.marker)
+        fields = {**_log_fields(event, claim.marker), "ts": posted.ts}
+        if _marker_state(current) == POSTED and current is not None:
+            if current.get("ts") == posted.ts:
+                logger.info("Another attempt confirmed our message", extra=fields)
+                return Outcome.DELIVERED
+            logger.info("Lost the conditional write: deleting the duplicate just posted", extra=fields)
+            if self._delete(team, posted, "FANOUT_SLACK_DUP_DELETE_FAILED"):
+                _count("slack_duplicate_deleted")
+            else:
+                _count("slack_duplicate_delete_failed")
+            ours, theirs = STATE_REACTIONS.get(event.event_type), STATE_REACTIONS.get(str(current.get("event_type")))
+            if root is not None and ours and ours != theirs:
+                self._react(team.helper.reactions_remove, root, ours, "no_reaction", event)
+            return Outcome.SKIPPED
+        logger.error(
+            "Slack claim was taken over while this attempt was posting; keeping the message (possible duplicate)",
+            extra={**fields, "error_id": "FANOUT_SLACK_LEASE_OVERRUN"},
+        )
+        _count("slack_lease_overrun")
+        return Outcome.DELIVERED
+
+    def _release(self, task_id: str, claim: Claim) -> None:
+        """Nothing was posted: remove our claim so the redelivery claims afresh."""
+        self._write_marker(
+            task_id, claim.marker, "REMOVE #cm.#m", "#cm.#m.#token = :token", {":token": claim.token}, best_effort=True
+        )
+
+    def _expire(self, task_id: str, claim: Claim) -> None:
+        """Maybe posted: end our lease now so the redelivery takes over and looks before posting."""
+        self._write_marker(
+            task_id,
+            claim.marker,
+            "SET #cm.#m.#lease = :zero",
+            "#cm.#m.#token = :token AND #cm.#m.#state = :pending",
+            {":zero": 0, ":token": claim.token, ":pending": PENDING},
+            best_effort=True,
+        )
+
+    def _write_marker(
+        self,
+        task_id: str,
+        marker: str,
+        update: str,
+        condition: str,
+        values: Mapping[str, Any],
+        *,
+        best_effort: bool = False,
+    ) -> bool:
+        """Conditional marker write; False when the condition failed (someone else's write won)."""
+        names = {"#cm": "channel_metadata", "#m": marker, "#token": "token", "#state": "state"}
+        if "#lease" in update:
+            names["#lease"] = "lease_until_ms"
+        used = {name: value for name, value in names.items() if name in update or name in condition}
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"task_id": {"S": task_id}},
+            "UpdateExpression": update,
+            "ConditionExpression": f"attribute_exists(task_id) AND ({condition})",
+            "ExpressionAttributeNames": used,
+        }
+        if values:
+            request["ExpressionAttributeValues"] = {k: _serializer.serialize(v) for k, v in values.items()}
+        try:
+            client("dynamodb").update_item(**request)
+            return True
+        except ClientError as exc:
+            if is_conditional_check_failure(exc):
+                return False
+            if best_effort:
+                logger.warning(
+                    "Could not update the Slack marker; its lease will expire on its own",
+                    extra={"task_id": task_id, "marker": marker, "error": str(exc)},
+                )
+                return False
+            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
+        except BotoCoreError as exc:
+            if best_effort:
+                return False
+            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
+
+    def _read_channel_metadata(self, task_id: str) -> Mapping[str, Any]:
+        """``channel_metadata`` as stored now (consistent read): markers written a moment ago are seen."""
+        try:
+            response = client("dynamodb").get_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                ConsistentRead=True,
+                ProjectionExpression="task_id, channel_metadata",
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise RetryableError(f"task table read failed for task {task_id}: {exc}") from exc
+        item = response.get("Item")
+        if not item:
+            raise MalformedRecordError(f"task {task_id} disappeared from the task table during Slack dispatch")
+        metadata = deserialize_item(item).get("channel_metadata")
+        if not isinstance(metadata, Mapping):
+            raise MalformedRecordError(f"task {task_id} has no channel_metadata map")
+        return metadata
+
+    # -- Slack calls -------------------------------------------------------------------------
+
+    def _post(
+        self,
+        event: TaskEvent,
+        target: SlackTarget,
+        team: _TeamClients,
+        message: SlackMessage,
+        thread_ts: str | None,
+        claim: Claim,
+    ) -> _Posted | Outcome:
+        if claim.lease_until_ms - _now_ms() < self._post_budget_ms:
+            # A post started now could still be running when another attempt takes over.
+            self._release(event.task_id, claim)
+            raise SlackRetryableError(f"claim lease of task {event.task_id} too short to post safely")
+        try:
+            response = team.poster.chat_postMessage(
+                channel=target.post_channel,
+                text=message.text,
+                blocks=message.blocks,
+                thread_ts=thread_ts,
+                unfurl_links=False,
+                unfurl_media=False,
+                metadata={
+                    "event_type": METADATA_EVENT_TYPE,
+                    "event_payload": {"task_id": event.task_id, "marker": claim.marker, "event_id": event.event_id},
+                },
+            )
+        except Exception as exc:
+            failure = SlackFailure.of(exc)
+            if failure is None:
+                raise
+            if failure.maybe_posted:
+                self._expire(event.task_id, claim)
+            else:
+                self._release(event.task_id, claim)
+            if failure.terminal:
+                if failure.code in AUTH_ERRORS:
+                    self._forget_team(target.team_id)
+                logger.warning(
+                    "Slack rejected the message for good; dropped for this channel",
+                    extra={**_log_fields(event, claim.marker), "slack_error": failure.code, "status": failure.status},
+                )
+                _count("slack_terminal_api_error")
+                return Outcome.TERMINAL_FAILURE
+            logger.warning(
+                "Slack post failed transiently; the record will be redelivered",
+                extra={
+                    **_log_fields(event, claim.marker),
+                    "slack_error": failure.code,
+                    "status": failure.status,
+                    "retry_after_seconds": failure.retry_after_seconds,
+                    "maybe_posted": failure.maybe_posted,
+                },
+            )
+            _count("slack_retryable_api_error")
+            raise SlackRetryableError(
+                f"Slack chat.postMessage failed: {failure.code}", retry_after_seconds=failure.retry_after_seconds
+            ) from exc
+        return _Posted(channel=str(response["channel"]), ts=str(response["ts"]))
+
+    def _find_earlier_post(
+        self, event: TaskEvent, target: SlackTarget, team: _TeamClients, thread_ts: str | None, claim: Claim
+    ) -> _Posted | None:
+        """The message an earlier attempt posted for this marker, recognised by its metadata."""
+        oldest = f"{(claim.first_claimed_at_ms - LOOKUP_CLOCK_SKEW_MS) / 1000:.6f}"
+        try:
+            if thread_ts is not None:
+                response = team.helper.conversations_replies(
+                    channel=target.channel_id,
+                    ts=thread_ts,
+                    oldest=oldest,
+                    include_all_metadata=True,
+                    limit=LOOKUP_PAGE_SIZE,
+                )
+            else:
+                response = team.helper.conversations_history(
+                    channel=target.channel_id, oldest=oldest, include_all_metadata=True, limit=LOOKUP_PAGE_SIZE
+                )
+            for page_number, page in enumerate(response, start=1):
+                for item in page.get("messages") or []:
+                    if _is_our_post(item, event.task_id, claim.marker):
+                        logger.info(
+                            "Found the earlier attempt's message; adopting it instead of posting again",
+                            extra={**_log_fields(event, claim.marker), "ts": item["ts"]},
+                        )
+                        _count("slack_earlier_post_adopted")
+                        return _Posted(channel=target.channel_id, ts=str(item["ts"]))
+                if page_number >= LOOKUP_MAX_PAGES:
+                    break
+            return None
+        except Exception as exc:
+            failure = SlackFailure.of(exc)
+            if failure is None:
+                raise
+            if failure.terminal or failure.code == "thread_not_found":
+                logger.warning(
+                    "Cannot look for an earlier attempt's message; posting again may duplicate it",
+                    extra={
+                        **_log_fields(event, claim.marker),
+                        "error_id": "FANOUT_SLACK_LOOKUP_UNAVAILABLE",
+                        "slack_error": failure.code,
+                    },
+                )
+                _count("slack_lookup_unavailable")
+                return None
+            self._expire(event.task_id, claim)
+            logger.warning(
+                "Slack lookup failed transiently; the record will be redelivered",
+                extra={
+                    **_log_fields(event, claim.marker),
+                    "slack_error": failure.code,
+                    "retry_after_seconds": failure.retry_after_seconds,
+                },
+            )
+            raise SlackRetryableError(
+                f"Slack lookup failed: {failure.code}", retry_after_seconds=failure.retry_after_seconds
+            ) from exc
+
+    def _root(self, target: SlackTarget, claim: Claim, event: TaskEvent, posted: _Posted) -> _Posted | None:
+        """The message that carries the state reactions: the @mention, else our task_created message."""
+        if target.thread_ts is not None:
+            return _Posted(channel=target.channel_id, ts=target.thread_ts)
+        if event.event_type == TASK_CREATED:
+            return posted
+        created = claim.channel_metadata.get(CREATED_MARKER)
+        ts = _posted_ts(created)
+        return _Posted(channel=str(created["channel"]), ts=ts) if ts is not None and created is not None else None
+
+    def _update_reactions(self, event: TaskEvent, team: _TeamClients, root: _Posted) -> None:
+        name = STATE_REACTIONS.get(event.event_type)
+        if name is None:
+            return
+        self._react(team.helper.reactions_add, root, name, "already_reacted", event)
+        for previous in REPLACED_REACTIONS.get(event.event_type, ()):
+            self._react(team.helper.reactions_remove, root, previous, "no_reaction", event)
+
+    @staticmethod
+    def _react(call: Callable[..., SlackResponse], root: _Posted, name: str, harmless: str, event: TaskEvent) -> None:
+        try:
+            call(channel=root.channel, timestamp=root.ts, name=name)
+        except Exception as exc:
+            failure = SlackFailure.of(exc)
+            if failure is None:
+                raise
+            if failure.code == harmless:
+                return
+            logger.error(
+                "Slack reaction failed; the notification itself was delivered",
+                extra={
+                    **_log_fields(event),
+                    "error_id": "FANOUT_SLACK_REACTION_FAILED",
+                    "reaction": name,
+                    "slack_error": failure.code,
+                    "retry_after_seconds": failure.retry_after_seconds,
+                },
+            )
+            _count("slack_reaction_failed")
+
+    def _delete_intermediate_messages(
+        self, event: TaskEvent, team: _TeamClients, claim: Claim, root: _Posted | None
+    ) -> None:
+        """Remove the created/session messages once the task is over.
+
+        Reads the row again (consistently): the snapshot taken when the record started can
+        predate the write of the session/created ts by a previous batch. The thread root is
+        never deleted (it holds the thread and the reactions).
+        """
+        try:
+            metadata = self._read_channel_metadata(event.task_id)
+        except RetryableError as exc:
+            logger.warning(
+                "Re-reading the task row for cleanup failed; using the claim-time read",
+                extra={**_log_fields(event), "error": str(exc)},
+            )
+            metadata = claim.channel_metadata
+        for marker in (SESSION_MARKER, CREATED_MARKER):
+            record = metadata.get(marker)
+            ts = _posted_ts(record)
+            if ts is None or record is None or (root is not None and root.ts == ts):
+                continue
+            if not self._delete(
+                team, _Posted(channel=str(record["channel"]), ts=ts), "FANOUT_SLACK_CLEANUP_DELETE_FAILED"
+            ):
+                _count("slack_cleanup_delete_failed")
+
+    @staticmethod
+    def _delete(team: _TeamClients, message: _Posted, error_id: str) -> bool:
+        """Delete one of our messages; message_not_found means it is already gone (success)."""
+        try:
+            team.helper.chat_delete(channel=message.channel, ts=message.ts)
+            return True
+        except Exception as exc:
+            failure = SlackFailure.of(exc)
+            if failure is None:
+                raise
+            if failure.code == "message_not_found":
+                return True
+            logger.error(
+                "Deleting a Slack message failed; it stays in the channel",
+                extra={
+                    "error_id": error_id,
+                    "channel": message.channel,
+                    "ts": message.ts,
+                    "slack_error": failure.code,
+                    "retry_after_seconds": failure.retry_after_seconds,
+                },
+            )
+            return False
+
+
+def parse_bot_token(secret_string: str | None) -> str:
+    """The bot token from a SecretString: the token itself or JSON ``{"bot_token": ...}``."""
+    if secret_string is None:
+        raise ValueError("the secret has no SecretString (binary secrets are not supported)")
+    raw = secret_string.strip()
+    if raw.startswith("{"):
+        try:
+            document = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"SecretString looks like JSON but does not parse: {exc.msg}") from None
+        token = document.get("bot_token")
+        if not isinstance(token, str):
+            raise ValueError("SecretString JSON has no string field 'bot_token'")
+        raw = token.strip()
+    if not raw.startswith("xox") or any(character.isspace() for character in raw):
+        raise ValueError("the value is not a Slack token (expected xoxb-...)")
+    return raw
+
+
+def _marker_state(value: Any) -> str:
+    # Anything that is not a map with a known state (e.g. a legacy ``true``) counts as posted:
+    # when in doubt, a skipped notification is recoverable from the logs, a duplicate is not.
+    if isinstance(value, Mapping) and value.get("state") == PENDING:
+        return PENDING
+    return POSTED
+
+
+def _posted_ts(value: Any) -> str | None:
+    if isinstance(value, Mapping) and value.get("state") == POSTED and value.get("ts") and value.get("channel"):
+        return str(value["ts"])
+    return None
+
+
+def _is_our_post(item: Mapping[str, Any], task_id: str, marker: str) -> bool:
+    metadata = item.get("metadata") or {}
+    payload = metadata.get("event_payload") or {}
+    return (
+        metadata.get("event_type") == METADATA_EVENT_TYPE
+        and payload.get("task_id") == task_id
+        and payload.get("marker") == marker
+        and bool(item.get("ts"))
+    )
+
+
+def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    for name, value in (headers or {}).items():
+        if name.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) and value else value
+            try:
+                return float(raw)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _log_fields(event: TaskEvent, marker: str | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "channel": SLACK,
+        "task_id": event.task_id,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+    }
+    if marker:
+        fields["marker"] = marker
+    return fields
+
+
+def _count(name: str) -> None:
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)

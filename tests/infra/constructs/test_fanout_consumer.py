@@ -1,0 +1,215 @@
+"""FanOutConsumer at synth level: one reader, stream failure handling, conditional grants."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from aws_cdk.assertions import Match, Template
+
+from infra.constructs.fanout_consumer import FanOutConsumer
+from tests.infra.synth import app_without_bundling
+
+GITHUB_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:github-token-AbCdEf"
+
+
+def _template(**props: Any) -> Template:
+    app = app_without_bundling()
+    stack = cdk.Stack(app, "Test", env=cdk.Environment(account="123456789012", region="us-east-1"))
+    key = kms.Key(stack, "Key", enable_key_rotation=True)
+    events = dynamodb.Table(
+        stack,
+        "Events",
+        partition_key=dynamodb.Attribute(name="task_id", type=dynamodb.AttributeType.STRING),
+        sort_key=dynamodb.Attribute(name="event_id", type=dynamodb.AttributeType.STRING),
+        stream=dynamodb.StreamViewType.NEW_IMAGE,
+    )
+    tables = {}
+    for name in ("task_table", "repo_table"):
+        if props.pop(name, False):
+            tables[name] = dynamodb.Table(
+                stack, name, partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING)
+            )
+    if props.pop("github", False):
+        props["github_token_secret"] = secretsmanager.Secret.from_secret_complete_arn(stack, "Gh", GITHUB_SECRET_ARN)
+    if props.pop("topic", False):
+        props["alarm_topic"] = sns.Topic(stack, "Alarms")
+    FanOutConsumer(stack, "FanOut", task_events_table=events, encryption_key=key, **tables, **props)
+    return Template.from_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def bare() -> Template:
+    return _template()
+
+
+@pytest.fixture(scope="module")
+def full() -> Template:
+    return _template(
+        task_table=True,
+        repo_table=True,
+        github=True,
+        slack_secret_prefix="bgagent/slack/",
+        email_sender="agent@example.com",
+        topic=True,
+    )
+
+
+def _statements(template: Template) -> list[dict[str, Any]]:
+    return [
+        statement
+        for policy in template.find_resources("AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def _actions(template: Template) -> set[str]:
+    actions: set[str] = set()
+    for statement in _statements(template):
+        value = statement["Action"]
+        actions.update([value] if isinstance(value, str) else value)
+    return actions
+
+
+def test_exactly_one_reader_on_the_task_events_stream(full: Template) -> None:
+    full.resource_count_is("AWS::Lambda::EventSourceMapping", 1)
+    full.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {"EventSourceArn": {"Fn::GetAtt": [Match.string_like_regexp("^Events"), "StreamArn"]}},
+    )
+
+
+def test_stream_mapping_handles_failures(full: Template) -> None:
+    full.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "BisectBatchOnFunctionError": True,
+            "MaximumRetryAttempts": 10,
+            "MaximumRecordAgeInSeconds": 6 * 3600,
+            "StartingPosition": "TRIM_HORIZON",
+            "ParallelizationFactor": 1,
+            "DestinationConfig": {
+                "OnFailure": {"Destination": {"Fn::GetAtt": [Match.string_like_regexp("Dlq"), "Arn"]}}
+            },
+            "FilterCriteria": {
+                "Filters": [
+                    {"Pattern": json.dumps({"eventName": ["INSERT"]}, separators=(",", ":"))},
+                    {"Pattern": json.dumps({"eventName": ["MODIFY"]}, separators=(",", ":"))},
+                ]
+            },
+        },
+    )
+
+
+def test_function_settings(full: Template) -> None:
+    full.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "handlers.fanout.handler.handler",
+            "Runtime": "python3.14",
+            "Architectures": ["arm64"],
+            "MemorySize": 512,
+            "Timeout": 60,
+            "TracingConfig": {"Mode": "Active"},
+            "ReservedConcurrentExecutions": 10,
+            "DeadLetterConfig": {"TargetArn": Match.any_value()},
+        },
+    )
+    full.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": 365, "KmsKeyId": Match.any_value()})
+    # No AWS managed policy: the role holds only what the construct grants.
+    full.has_resource_properties("AWS::IAM::Role", {"ManagedPolicyArns": Match.absent()})
+
+
+def test_dlq_encrypted_tls_only_with_alarms_routed(full: Template) -> None:
+    full.has_resource_properties(
+        "AWS::SQS::Queue", {"KmsMasterKeyId": Match.any_value(), "MessageRetentionPeriod": 14 * 24 * 3600}
+    )
+    full.has_resource_properties(
+        "AWS::SQS::QueuePolicy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]
+                )
+            }
+        },
+    )
+    alarms = full.find_resources("AWS::CloudWatch::Alarm")
+    assert {a["Properties"].get("MetricName") for a in alarms.values()} == {
+        "ApproximateNumberOfMessagesVisible",
+        "Errors",
+        "IteratorAge",
+    }
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"], "every alarm is routed to the topic"
+
+
+def test_alarms_have_no_action_without_a_topic(bare: Template) -> None:
+    for alarm in bare.find_resources("AWS::CloudWatch::Alarm").values():
+        assert "AlarmActions" not in alarm["Properties"]
+
+
+def test_no_integration_means_no_env_and_no_grant(bare: Template) -> None:
+    (function,) = bare.find_resources("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    for name in (
+        "TASK_TABLE_NAME",
+        "REPO_TABLE_NAME",
+        "GITHUB_TOKEN_SECRET_ARN",
+        "SLACK_SECRET_PREFIX",
+        "EMAIL_SENDER",
+    ):
+        assert name not in variables
+    actions = _actions(bare)
+    assert not {a for a in actions if a.startswith(("secretsmanager:", "ses:"))}
+    assert not {"dynamodb:GetItem", "dynamodb:UpdateItem"} & actions
+
+
+def test_each_integration_brings_its_env_and_grant(full: Template) -> None:
+    (function,) = full.find_resources("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["SLACK_SECRET_PREFIX"] == "bgagent/slack/"
+    assert variables["EMAIL_SENDER"] == "agent@example.com"
+    assert variables["GITHUB_TOKEN_SECRET_ARN"] == GITHUB_SECRET_ARN
+    assert {"TASK_TABLE_NAME", "REPO_TABLE_NAME"} <= set(variables)
+    statements = _statements(full)
+    rendered = json.dumps(statements)
+    assert "secret:bgagent/slack/*" in rendered
+    assert GITHUB_SECRET_ARN in rendered
+    assert "identity/agent@example.com" in rendered and "identity/example.com" in rendered
+    actions = _actions(full)
+    assert {"dynamodb:GetItem", "dynamodb:UpdateItem", "secretsmanager:GetSecretValue", "ses:SendEmail"} <= actions
+    assert not [a for a in actions if a == "*" or a.endswith(":*")]
+
+
+@pytest.mark.parametrize(
+    ("prop", "variable", "action"),
+    [
+        ("slack_secret_prefix", "SLACK_SECRET_PREFIX", "secretsmanager:GetSecretValue"),
+        ("email_sender", "EMAIL_SENDER", "ses:SendEmail"),
+    ],
+)
+def test_one_integration_alone(prop: str, variable: str, action: str) -> None:
+    value = "bgagent/slack/" if prop == "slack_secret_prefix" else "agent@example.com"
+    template = _template(task_table=True, **{prop: value})
+    (function,) = template.find_resources("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables[variable] == value
+    others = {"SLACK_SECRET_PREFIX", "EMAIL_SENDER", "GITHUB_TOKEN_SECRET_ARN", "REPO_TABLE_NAME"} - {variable}
+    assert not others & set(variables)
+    assert action in _actions(template)
+
+
+def test_rejects_a_table_without_stream() -> None:
+    app = app_without_bundling()
+    stack = cdk.Stack(app, "NoStream")
+    table = dynamodb.Table(stack, "T", partition_key=dynamodb.Attribute(name="k", type=dynamodb.AttributeType.STRING))
+    with pytest.raises(ValueError, match="must have a stream"):
+        FanOutConsumer(stack, "F", task_events_table=table, encryption_key=kms.Key(stack, "K"))

@@ -1,0 +1,48 @@
+"""app.py as the CDK CLI runs it: malformed context stops the synth with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_app(tmp_path: Path, context: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CDK_OUTDIR": str(tmp_path / "out"),
+        "CDK_CONTEXT_JSON": json.dumps({**context, "aws:cdk:bundling-stacks": []}),
+        "PATH": f"{ROOT / 'node_modules' / '.bin'}:{os.environ['PATH']}",
+    }
+    return subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("context", "line"),
+    [
+        ({"subsystems": ["fanout", "billing"]}, "error: context subsystems: unknown subsystem 'billing'"),
+        ({"alarm_topic_arn": "my-topic"}, "error: context alarm_topic_arn must be an ARN of sns"),
+    ],
+)
+def test_malformed_context_is_one_line_and_exit_1(tmp_path: Path, context: dict[str, object], line: str) -> None:
+    result = _run_app(tmp_path, context)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(line)
+    assert "Traceback" not in result.stderr and "jsii" not in result.stderr
+
+
+def test_fanout_stack_synthesizes_with_every_pack(tmp_path: Path) -> None:
+    result = _run_app(tmp_path, {"subsystems": ["fanout"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "FanOutConsumer" in manifest["artifacts"]
+    report = json.loads((tmp_path / "out" / "validation-report.json").read_text())
+    plugins = {p["summary"]["pluginName"] for p in report["pluginReports"]}
+    assert {"AwsSolutions", "Serverless", "NIST.800.53.R5", "HIPAA.Security"} <= plugins
+    assert all(p["summary"]["status"] == "success" for p in report["pluginReports"])

@@ -1,0 +1,51 @@
+"""cdk.json context parsing: defaults, and one clear line for each malformed value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infra.config import ConfigError, load_config
+
+
+def test_defaults_enable_every_subsystem_with_no_integration() -> None:
+    config = load_config({})
+    assert config.subsystems == ("fanout", "export_runner")
+    assert config.alarm_topic_arn is None
+    assert config.fanout.slack_secret_prefix is None
+    assert config.export_runner.deletion_protection is True
+
+
+def test_values_are_read() -> None:
+    config = load_config(
+        {
+            "subsystems": "fanout",
+            "alarm_topic_arn": "arn:aws:sns:eu-west-1:123456789012:ops",
+            "fanout": {"slack_secret_prefix": "bgagent/slack/", "email_sender": "a@example.com"},
+        }
+    )
+    assert config.subsystems == ("fanout",)
+    assert config.alarm_topic_arn == "arn:aws:sns:eu-west-1:123456789012:ops"
+    assert config.fanout.email_sender == "a@example.com"
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"subsystems": ["fanout", "mailer"]}, "unknown subsystem 'mailer'"),
+        ({"subsystems": 3}, "must be a list"),
+        ({"alarm_topic_arn": "ops-topic"}, "alarm_topic_arn must be an ARN of sns"),
+        ({"alarm_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"}, "ARN of sns"),
+        ({"fanout": {"github_token_secret_arn": "token"}}, "github_token_secret_arn must be an ARN"),
+        ({"fanout": {"email_sender": "not-an-address"}}, "must be an email address"),
+        ({"fanout": {"slack_prefix": "x"}}, "unknown keys ['slack_prefix']"),
+        ({"fanout": ["x"]}, "context fanout must be an object"),
+        ({"export_runner": {"deletion_protection": "yes"}}, "true or false"),
+    ],
+)
+def test_malformed_values_name_the_key(context: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(context)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
