@@ -28,9 +28,25 @@ class FanOutConfig:
 
 
 @dataclass(frozen=True)
+class ExistingDatabaseConfig:
+    """Where an existing PostgreSQL cluster lives, so the exporter uses it instead of creating one."""
+
+    secret_arn: str
+    cluster_identifier: str
+    endpoint: str
+    port: int
+    security_group_id: str
+    vpc_id: str
+    subnet_ids: tuple[str, ...]
+    secret_kms_key_arn: str | None = None
+
+
+@dataclass(frozen=True)
 class ExportRunnerConfig:
-    database_secret_arn: str | None = None
-    database_cluster_identifier: str | None = None
+    # None: the stack creates an Aurora PostgreSQL Serverless v2 cluster in a VPC of its own.
+    existing_database: ExistingDatabaseConfig | None = None
+    database_name: str = "audit"
+    # Only for a created cluster; an existing cluster keeps whatever protection it has.
     deletion_protection: bool = True
 
 
@@ -71,8 +87,108 @@ def _section(context: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 _KNOWN_KEYS = {
     "fanout": {"slack_secret_prefix", "github_token_secret_arn", "email_sender"},
-    "export_runner": {"database_secret_arn", "database_cluster_identifier", "deletion_protection"},
+    "export_runner": {
+        "database_secret_arn",
+        "database_cluster_identifier",
+        "database_endpoint",
+        "database_port",
+        "database_security_group_id",
+        "database_secret_kms_key_arn",
+        "database_name",
+        "vpc_id",
+        "subnet_ids",
+        "deletion_protection",
+    },
 }
+# The keys that together describe an existing database: all of them or none.
+_EXISTING_DATABASE_KEYS = (
+    "database_secret_arn",
+    "database_cluster_identifier",
+    "database_endpoint",
+    "database_security_group_id",
+    "vpc_id",
+    "subnet_ids",
+)
+_CLUSTER_IDENTIFIER = re.compile(r"^[a-zA-Z](?:-?[a-zA-Z0-9])*$")
+_HOST_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
+_DATABASE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
+
+
+def _resource_id(section: Mapping[str, Any], key: str, where: str, prefix: str) -> str | None:
+    value = _optional_str(section, key, where)
+    if value is not None and not re.fullmatch(rf"{prefix}-[0-9a-f]{{8,17}}", value):
+        raise ConfigError(f"context {where}.{key} must be an id like {prefix}-0123456789abcdef0, got {value!r}")
+    return value
+
+
+def _subnet_ids(section: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
+    value = section.get("subnet_ids")
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f'context {where}.subnet_ids must be a list of subnet ids, e.g. ["subnet-0123456789abcdef0"]')
+    for item in value:
+        if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", item):
+            raise ConfigError(f"context {where}.subnet_ids: {item!r} is not a subnet id like subnet-0123456789abcdef0")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"context {where}.subnet_ids lists a subnet twice: {value}")
+    return tuple(value)
+
+
+def _export_runner(context: Mapping[str, Any]) -> ExportRunnerConfig:
+    where = "export_runner"
+    export = _section(context, where)
+    deletion_protection = export.get("deletion_protection", True)
+    if not isinstance(deletion_protection, bool):
+        raise ConfigError(f"context {where}.deletion_protection must be true or false")
+    database_name = _optional_str(export, "database_name", where) or "audit"
+    if not _DATABASE_NAME.match(database_name):
+        raise ConfigError(
+            f"context {where}.database_name must be a PostgreSQL identifier (letters, digits, _), got {database_name!r}"
+        )
+    secret_arn = _optional_arn(export, "database_secret_arn", where, "secretsmanager")
+    cluster_id = _optional_str(export, "database_cluster_identifier", where)
+    if cluster_id is not None and (not _CLUSTER_IDENTIFIER.match(cluster_id) or len(cluster_id) > 63):
+        raise ConfigError(f"context {where}.database_cluster_identifier is not a DB cluster identifier: {cluster_id!r}")
+    endpoint = _optional_str(export, "database_endpoint", where)
+    if endpoint is not None and not _HOSTNAME.match(endpoint):
+        raise ConfigError(f"context {where}.database_endpoint must be a host name, got {endpoint!r}")
+    raw_port = export.get("database_port")
+    port = 5432 if raw_port is None else raw_port
+    if isinstance(port, bool) or not isinstance(port, int) or not 1150 <= port <= 65535:
+        raise ConfigError(f"context {where}.database_port must be an integer between 1150 and 65535, got {port!r}")
+    security_group_id = _resource_id(export, "database_security_group_id", where, "sg")
+    vpc_id = _resource_id(export, "vpc_id", where, "vpc")
+    subnet_ids = _subnet_ids(export, where)
+    key_arn = _optional_arn(export, "database_secret_kms_key_arn", where, "kms")
+    if secret_arn and cluster_id and endpoint and security_group_id and vpc_id and subnet_ids:
+        existing = ExistingDatabaseConfig(
+            secret_arn=secret_arn,
+            cluster_identifier=cluster_id,
+            endpoint=endpoint,
+            port=port,
+            security_group_id=security_group_id,
+            vpc_id=vpc_id,
+            subnet_ids=subnet_ids,
+            secret_kms_key_arn=key_arn,
+        )
+        return ExportRunnerConfig(
+            existing_database=existing, database_name=database_name, deletion_protection=deletion_protection
+        )
+    given = [key for key in _EXISTING_DATABASE_KEYS if export.get(key) not in (None, "", [])]
+    if given:
+        missing = [key for key in _EXISTING_DATABASE_KEYS if key not in given]
+        raise ConfigError(
+            f"context {where}: an existing database needs {', '.join(_EXISTING_DATABASE_KEYS)}; "
+            f"missing {', '.join(missing)} (give none of them to create a database)"
+        )
+    if key_arn is not None or raw_port is not None:
+        raise ConfigError(
+            f"context {where}: database_port and database_secret_kms_key_arn describe an existing database; "
+            f"give them together with {', '.join(_EXISTING_DATABASE_KEYS)}"
+        )
+    return ExportRunnerConfig(database_name=database_name, deletion_protection=deletion_protection)
 
 
 def load_config(context: Mapping[str, Any]) -> AppConfig:
@@ -89,17 +205,6 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
     email_sender = _optional_str(fanout, "email_sender", "fanout")
     if email_sender is not None and not _EMAIL.match(email_sender):
         raise ConfigError(f"context fanout.email_sender must be an email address, got {email_sender!r}")
-    export = _section(context, "export_runner")
-    deletion_protection = export.get("deletion_protection", True)
-    if not isinstance(deletion_protection, bool):
-        raise ConfigError("context export_runner.deletion_protection must be true or false")
-    secret_arn = _optional_arn(export, "database_secret_arn", "export_runner", "secretsmanager")
-    cluster_id = _optional_str(export, "database_cluster_identifier", "export_runner")
-    if (secret_arn is None) != (cluster_id is None):
-        raise ConfigError(
-            "context export_runner: give both database_secret_arn and database_cluster_identifier "
-            "(use an existing database) or neither (create one)"
-        )
     return AppConfig(
         subsystems=tuple(dict.fromkeys(raw_subsystems)),
         alarm_topic_arn=_optional_arn(context, "alarm_topic_arn", "", "sns"),
@@ -108,9 +213,5 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
             github_token_secret_arn=_optional_arn(fanout, "github_token_secret_arn", "fanout", "secretsmanager"),
             email_sender=email_sender,
         ),
-        export_runner=ExportRunnerConfig(
-            database_secret_arn=secret_arn,
-            database_cluster_identifier=cluster_id,
-            deletion_protection=deletion_protection,
-        ),
+        export_runner=_export_runner(context),
     )

@@ -24,7 +24,9 @@ PACK_PREFIXES = {
 
 
 def pack_of(rule_id: str) -> str:
-    rule_id = rule_id.split("::", 1)[-1]
+    plugin, separator, rest = rule_id.partition("::")
+    if separator and "[" not in plugin:  # 'Pack::Rule' form; '::' also appears inside '[Resource::*]'
+        rule_id = rest
     return next((pack for prefix, pack in PACK_PREFIXES.items() if rule_id.startswith(prefix)), "other")
 
 

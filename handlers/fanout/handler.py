@@ -71,11 +71,13 @@ def handle_record(record: DynamoDBRecord, budget: TaskEventBudget) -> None:
     try:
         event = parse_record(record)
         if event is None:
-            return  # REMOVE: deleting an event is not a notification
+            router.count("record_ignored_remove")  # deleting an event is not a notification
+            return
         logger.thread_safe_append_keys(task_id=event.task_id, event_id=event.event_id, event_type=event.event_type)
         router.deliver(event, load_task(settings.task_table_name, event.task_id), budget)
     except MalformedRecordError as exc:  # bad record, unknown task, malformed notification settings
         logger.error("Malformed input; reporting the record as failed", extra={"reason": str(exc)})
+        router.count("record_malformed")
         raise
 
 

@@ -140,6 +140,10 @@ class Router:
             raise ChannelDeliveryError(event, failed)
         return outcomes
 
+    def count(self, name: str) -> None:
+        """Add 1 to the metric ``name`` (safe from any worker thread)."""
+        self._count(name)
+
     def _count(self, name: str) -> None:
         with self._metrics_lock:
             self._metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)

@@ -176,3 +176,12 @@ def fresh_handler_module() -> ModuleType:
     """Import handlers.fanout.handler anew, so its cold start reads the current environment."""
     sys.modules.pop("handlers.fanout.handler", None)
     return importlib.import_module("handlers.fanout.handler")
+
+
+def redelivery(event: Mapping[str, Any], response: Mapping[str, Any]) -> dict[str, Any]:
+    """What Lambda sends next after a partial failure: the batch from the lowest reported record on."""
+    failed = reported(response)
+    if not failed:
+        return {"Records": []}
+    checkpoint = min(int(seq) for seq in failed)
+    return {"Records": [r for r in event["Records"] if int(r["dynamodb"]["SequenceNumber"]) >= checkpoint]}

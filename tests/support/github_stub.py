@@ -4,7 +4,8 @@ Implements what the GitHub dispatcher uses -- create, list (paginated, with a ``
 edit and delete issue comments -- keeps the comments in memory, records every request in
 arrival order, and can be scripted to answer errors (401/403/404/429/5xx, with headers such as
 Retry-After) for the next N matching requests. ``accepted_tokens`` makes every other token
-answer 401, like a rotated credential. ``delay_seconds`` slows every answer (benchmarks).
+answer 401, like a rotated credential. Scripting ``DROP_CONNECTION`` closes the socket without an
+answer (what a client sees when a connection breaks or a proxy times out). ``delay_seconds`` slows every answer (benchmarks).
 
     with GitHubStub() as github:
         github.fail_next(429, method="PATCH", headers={"Retry-After": "7"})
@@ -25,6 +26,7 @@ from typing import Any
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
+DROP_CONNECTION = 0  # scripted "status": close the socket without answering (a broken connection)
 _ISSUE_COMMENTS = re.compile(r"^/repos/(?P<repo>[^/]+/[^/]+)/issues/(?P<number>\d+)/comments$")
 _COMMENT = re.compile(r"^/repos/(?P<repo>[^/]+/[^/]+)/issues/comments/(?P<id>\d+)$")
 
@@ -75,7 +77,9 @@ class GitHubStub:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="github-stub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="github-stub", daemon=True
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -211,6 +215,9 @@ class GitHubStub:
                 status, payload, headers = stub._answer(self.command, self.path, token, body)
                 with stub._lock:
                     stub.requests.append(ReceivedRequest(self.command, self.path, token, body, status))
+                if status == DROP_CONNECTION:
+                    self.close_connection = True
+                    return
                 data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -316,9 +316,9 @@ def synth_stacks(
     prefix: str,
     plugin: EventDrivenChecks,
     acknowledge: Callable[[str, cdk.Stack], None] | None = None,
-    **context: Any,
+    context: dict[str, Any] | None = None,
 ) -> SynthOutcome:
-    app = new_app(outdir, **context)
+    app = new_app(outdir, **(context or {}))
     for rule_id, build in builders.items():
         stack = cdk.Stack(app, stack_name(rule_id, prefix))
         build(stack)
@@ -337,7 +337,7 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> SynthOutcome:
         BREAKING_STACKS,
         "Breaks",
         EventDrivenChecks(),
-        **{"aws:cdk:enable-path-metadata": True},
+        context={"aws:cdk:enable-path-metadata": True},
     )
 
 
@@ -510,6 +510,7 @@ def test_no_wildcard_actions_passes_with_deny_wildcards(compliant: SynthOutcome)
 def test_acknowledged_breaking_stacks_synthesize(acknowledged: SynthOutcome) -> None:
     assert acknowledged.error is None
     assert acknowledged.violations() == []
+    assert acknowledged.plugin_report["conclusion"] == "success"
 
 
 def test_namespaced_acknowledgement_is_recorded_with_its_reason(acknowledged: SynthOutcome) -> None:
