@@ -13,11 +13,11 @@ import boto3
 from botocore.config import Config
 
 # "standard" retry mode retries throttling, 5xx and connection errors with exponential
-# backoff and jitter. Three attempts keep the worst case (a few seconds) well inside the
+# backoff and jitter. Three attempts in all (first try + two retries) keep the worst case (a few seconds) well inside the
 # shortest handler timeout; beyond that the record is reported as a batch item failure and
 # Lambda's own redelivery takes over, which is the retry that survives a crashed container.
 DEFAULT_RETRY_CONFIG = Config(
-    retries={"max_attempts": 3, "mode": "standard"},
+    retries={"total_max_attempts": 3, "mode": "standard"},
     connect_timeout=3,
     read_timeout=10,
     tcp_keepalive=True,

@@ -29,7 +29,9 @@ consume of the queue, the KMS use those encrypted resources need, plus what ever
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from aws_cdk import ArnFormat, Duration, Names, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -146,19 +148,13 @@ class ExportRunner(Construct):
         self.alarm_topic = alarm_topic
         self._creates_network = database is None and vpc is None
         self.vpc: ec2.IVpc = database.vpc if database else (vpc or self._create_vpc(encryption_key))
+        # Functions prefer subnets with egress (a caller's VPC may reach AWS through NAT); the
+        # database prefers isolated ones. The VPC created here has isolated subnets only.
         self.function_subnets = (
             database.vpc_subnets
-            if database and database.vpc_subnets
-            else ec2.SubnetSelection(
-                subnet_type=ec2.SubnetType.PRIVATE_ISOLATED
-                if self._creates_network
-                else ec2.SubnetType.PRIVATE_WITH_EGRESS
-            )
+            if database is not None and database.vpc_subnets is not None
+            else _subnets(self.vpc.private_subnets or self.vpc.isolated_subnets, "the functions")
         )
-        if database is not None and database.vpc_subnets is None and self._creates_network is False:
-            self.function_subnets = ec2.SubnetSelection(subnets=self.vpc.private_subnets or self.vpc.isolated_subnets)
-        if vpc is not None and database is None:
-            self.function_subnets = ec2.SubnetSelection(subnets=vpc.isolated_subnets or vpc.private_subnets)
 
         self.function_security_group = ec2.SecurityGroup(
             self,
@@ -429,7 +425,7 @@ class ExportRunner(Construct):
         max_capacity: float,
         backup_retention: Duration,
     ) -> rds.DatabaseCluster:
-        isolated = ec2.SubnetSelection(subnets=self.vpc.isolated_subnets or self.vpc.private_subnets)
+        isolated = _subnets(self.vpc.isolated_subnets or self.vpc.private_subnets, "the database")
         database_security_group = ec2.SecurityGroup(
             self,
             "DatabaseSecurityGroup",
@@ -637,16 +633,10 @@ class ExportRunner(Construct):
             self.bucket.encryption_key.grant(role, "kms:GenerateDataKey", "kms:Decrypt")
         acknowledge(
             role.node.find_child("DefaultPolicy"),
-            f"AwsSolutions-IAM5[Resource::<{Stack.of(self).get_logical_id(self._bucket_cfn())}.Arn>/*]"
-            if self._bucket_cfn() is not None
-            else "AwsSolutions-IAM5[Resource::*]",
+            f"AwsSolutions-IAM5[Resource::{_flattened(Stack.of(self).resolve(objects))}]",
             "Export objects are named by tenant and job id at run time, so the object actions name every object "
             "of this one exports bucket; every other bucket is explicitly denied.",
         )
-
-    def _bucket_cfn(self) -> s3.CfnBucket | None:
-        child = self.bucket.node.default_child
-        return child if isinstance(child, s3.CfnBucket) else None
 
     # --- Sweeper -------------------------------------------------------------------------------
 
@@ -756,3 +746,27 @@ class ExportRunner(Construct):
         )
         if self.bucket.encryption_key is not None:
             self.bucket.encryption_key.grant_decrypt(grantee)
+
+
+def _subnets(subnets: list[ec2.ISubnet], purpose: str) -> ec2.SubnetSelection:
+    if not subnets:
+        raise ValueError(f"ExportRunner: the VPC has no private or isolated subnet for {purpose}")
+    return ec2.SubnetSelection(subnets=subnets)
+
+
+def _flattened(value: Any) -> str:
+    """A resolved CloudFormation value as cdk-nag names it in a finding (its flattenCfnReference)."""
+    if isinstance(value, str):
+        return value.replace("${", "<").replace("}", ">")
+    if isinstance(value, dict) and len(value) == 1:
+        ((function, argument),) = value.items()
+        if function == "Fn::Join":
+            delimiter, items = argument
+            return delimiter.join(_flattened(item) for item in items)
+        if function in ("Fn::Sub", "Fn::ImportValue"):
+            return _flattened(argument)
+        if function == "Fn::GetAtt":
+            return f"<{_flattened(argument[0])}.{_flattened(argument[1])}>"
+        if function == "Ref":
+            return f"<{_flattened(argument)}>"
+    return json.dumps(value, separators=(",", ":"))

@@ -53,4 +53,3 @@ def test_fanout_stack_synthesizes_with_every_pack(tmp_path: Path) -> None:
     }
     assert {"AwsSolutions-SQS3", "Serverless-SQSRedrivePolicy", "NIST.800.53.R5-LambdaInsideVPC"} <= acknowledged
     assert "HIPAA.Security-IAMNoInlinePolicy" in acknowledged
-
