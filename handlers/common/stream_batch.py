@@ -151,10 +151,13 @@ class OrderedStreamProcessor(BatchProcessor):
 
     def _log_bad_key(self, raw: dict, reason: str) -> None:
         log = self.logger or _module_logger
-        log.error("Stream record has no usable key; reporting it as failed", extra={
-            "sequence_number": _sequence_number(raw),
-            "reason": reason,
-        })
+        log.error(
+            "Stream record has no usable key; reporting it as failed",
+            extra={
+                "sequence_number": _sequence_number(raw),
+                "reason": reason,
+            },
+        )
 
     def _to_data(self, raw: dict) -> BatchEventTypes:
         # The plain data class (not the model) so failure identifiers can always be collected,

@@ -68,7 +68,7 @@ class Database:
         self._secret_conninfo: str | None = None
 
     def connect(self, *, application_name: str, autocommit: bool = True) -> psycopg.Connection[Any]:
-        options = {
+        options: dict[str, str | int] = {
             "application_name": application_name[:63],
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "client_encoding": "UTF8",

@@ -7,7 +7,9 @@ Errors:
 - throttling (TooManyRequestsException, LimitExceededException, Throttling...) and 5xx ->
   ``RetryableError`` (boto3 already retried a few times inside the call);
 - rejections (MessageRejected, MailFromDomainNotVerifiedException, AccountSuspendedException,
-  SendingPausedException, any other 4xx) -> ``TERMINAL_FAILURE``: no retry makes SES accept it.
+  SendingPausedException, any other 4xx) -> ``TERMINAL_FAILURE``: no retry makes SES accept it;
+- access/credential errors (AccessDenied...) are a broken deployment, not a rejection: the
+  ClientError fails the record, so it reaches the DLQ and can be redriven once IAM is fixed.
 
 Dedup: SES has no idempotency key, so a redelivered record (a sibling channel failed, the same
 batch delivered twice) must not mail twice. Each (task, event_id) gets a marker in the task row,
@@ -19,6 +21,8 @@ batch delivered twice) must not mail twice. Each (task, event_id) gets a marker 
 3. confirm: ``{state: sent, message_id}`` conditionally on our token still being the claim.
 
 Windows:
+- crash after the claim, before the send: nothing was sent; the claim expires with its lease
+  and a retry sends the mail once;
 - marker already ``sent`` (or ``rejected``): SKIPPED -- the duplicate delivery is absorbed;
 - marker ``pending`` under a live lease (another invocation is sending, or crashed moments
   ago): ``RetryableError`` with the remaining lease as Retry-After; once the lease expires a
@@ -32,7 +36,10 @@ Windows:
   same -- a retry after the lease re-sends. This is the one at-least-once edge SES leaves
   open: a mail may be sent twice, never lost;
 - confirm finds our claim taken over (we were slower than the lease): the other claimant may
-  have sent too; logged as a possible duplicate.
+  have sent too; logged as a possible duplicate (FANOUT_EMAIL_LEASE_LOST);
+- the confirm write itself fails after SES accepted the mail: the record still succeeds (a
+  retry would only wait out the lease and send again); the pending marker stays, so only a
+  later redelivery of this record after the lease could re-send (FANOUT_EMAIL_CONFIRM_FAILED).
 """
 
 from __future__ import annotations
@@ -70,20 +77,38 @@ logger = child_logger()
 CLAIM_LEASE_SECONDS = 45
 PENDING, SENT, REJECTED = "pending", "sent", "rejected"
 
-THROTTLING_CODES = frozenset({
-    "TooManyRequestsException", "LimitExceededException", "Throttling", "ThrottlingException",
-    "ServiceUnavailable", "InternalFailure",
-})
+THROTTLING_CODES = frozenset(
+    {
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "Throttling",
+        "ThrottlingException",
+        "ServiceUnavailable",
+        "InternalFailure",
+    }
+)
 # The deployment is broken (IAM, credentials): a failure of the record, so it reaches the DLQ
 # and is redriven once fixed -- not a terminal drop.
-DEPLOYMENT_CODES = frozenset({
-    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException", "InvalidClientTokenId",
-    "ExpiredTokenException", "InvalidSignatureException",
-})
-REJECTION_CODES = frozenset({
-    "MessageRejected", "MailFromDomainNotVerifiedException", "AccountSuspendedException",
-    "SendingPausedException", "NotFoundException", "BadRequestException",
-})
+DEPLOYMENT_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "InvalidSignatureException",
+    }
+)
+REJECTION_CODES = frozenset(
+    {
+        "MessageRejected",
+        "MailFromDomainNotVerifiedException",
+        "AccountSuspendedException",
+        "SendingPausedException",
+        "NotFoundException",
+        "BadRequestException",
+    }
+)
 
 
 def marker_name(event_id: str) -> str:
@@ -148,10 +173,12 @@ class EmailDispatcher:
             response = client("sesv2").send_email(
                 FromEmailAddress=self._sender,
                 Destination={"ToAddresses": recipients},
-                Content={"Simple": {
-                    "Subject": {"Data": subject, "Charset": "UTF-8"},
-                    "Body": {"Text": {"Data": text, "Charset": "UTF-8"}},
-                }},
+                Content={
+                    "Simple": {
+                        "Subject": {"Data": subject, "Charset": "UTF-8"},
+                        "Body": {"Text": {"Data": text, "Charset": "UTF-8"}},
+                    }
+                },
             )
         except ClientError as exc:
             return self._after_error_response(event, name, token, exc)
@@ -181,12 +208,21 @@ class EmailDispatcher:
                     "attribute_exists(task_id) AND (attribute_not_exists(#cm.#m) OR "
                     "(#cm.#m.#state = :pending AND #cm.#m.#lease < :now))"
                 ),
-                ExpressionAttributeNames={"#cm": "channel_metadata", "#m": name, "#state": "state", "#lease": "lease_until"},
+                ExpressionAttributeNames={
+                    "#cm": "channel_metadata",
+                    "#m": name,
+                    "#state": "state",
+                    "#lease": "lease_until",
+                },
                 ExpressionAttributeValues={
-                    ":claim": {"M": {
-                        "state": {"S": PENDING}, "token": {"S": token},
-                        "lease_until": {"N": str(now + CLAIM_LEASE_SECONDS)}, "claimed_at": {"N": str(now)},
-                    }},
+                    ":claim": {
+                        "M": {
+                            "state": {"S": PENDING},
+                            "token": {"S": token},
+                            "lease_until": {"N": str(now + CLAIM_LEASE_SECONDS)},
+                            "claimed_at": {"N": str(now)},
+                        }
+                    },
                     ":pending": {"S": PENDING},
                     ":now": {"N": str(now)},
                 },
@@ -202,9 +238,13 @@ class EmailDispatcher:
         current = channel_metadata(deserialize_item(old_item)).get(name)
         state = _state(current)
         if state in (SENT, REJECTED):
-            logger.info("Email already settled for this event; not sending again", extra={
-                "channel": EMAIL, "state": state,
-            })
+            logger.info(
+                "Email already settled for this event; not sending again",
+                extra={
+                    "channel": EMAIL,
+                    "state": state,
+                },
+            )
             return False
         lease_until = float(current.get("lease_until", now)) if isinstance(current, Mapping) else float(now)
         raise RetryableError(
@@ -214,24 +254,48 @@ class EmailDispatcher:
 
     def _confirm(self, event: TaskEvent, name: str, token: str, message_id: str) -> None:
         try:
-            self._settle(event, name, token, {
-                "state": {"S": SENT}, "message_id": {"S": message_id}, "sent_at": {"N": str(int(time.time()))},
-            }, raise_errors=True)
+            self._settle(
+                event,
+                name,
+                token,
+                {
+                    "state": {"S": SENT},
+                    "message_id": {"S": message_id},
+                    "sent_at": {"N": str(int(time.time()))},
+                },
+                raise_errors=True,
+            )
         except ClientError as exc:
             if is_conditional_check_failure(exc):
-                logger.warning("Email claim was taken over before confirming; the mail may be sent twice", extra={
-                    "channel": EMAIL, "message_id": message_id, "error_id": "FANOUT_EMAIL_LEASE_LOST",
-                })
+                logger.warning(
+                    "Email claim was taken over before confirming; the mail may be sent twice",
+                    extra={
+                        "channel": EMAIL,
+                        "message_id": message_id,
+                        "error_id": "FANOUT_EMAIL_LEASE_LOST",
+                    },
+                )
                 return
             # The mail is out. Failing the record now would only make a retry wait out the lease
             # and send it again, so the record succeeds; the pending marker is left behind.
-            logger.error("Email sent but its marker could not be confirmed", extra={
-                "channel": EMAIL, "message_id": message_id, "error": str(exc),
-                "error_id": "FANOUT_EMAIL_CONFIRM_FAILED",
-            })
+            logger.error(
+                "Email sent but its marker could not be confirmed",
+                extra={
+                    "channel": EMAIL,
+                    "message_id": message_id,
+                    "error": str(exc),
+                    "error_id": "FANOUT_EMAIL_CONFIRM_FAILED",
+                },
+            )
 
     def _settle(
-        self, event: TaskEvent, name: str, token: str, value: Mapping[str, Any] | None, *, raise_errors: bool = False,
+        self,
+        event: TaskEvent,
+        name: str,
+        token: str,
+        value: Mapping[str, Any] | None,
+        *,
+        raise_errors: bool = False,
     ) -> None:
         """Replace (value) or release (None) our claim, only if it is still ours."""
         update = "SET #cm.#m = :value" if value is not None else "REMOVE #cm.#m"
@@ -251,9 +315,13 @@ class EmailDispatcher:
             if raise_errors:
                 raise
             # Releasing is an optimisation (the lease expires anyway); never mask the real error.
-            logger.warning("Could not release the email claim; it expires with its lease", extra={
-                "channel": EMAIL, "error": str(exc),
-            })
+            logger.warning(
+                "Could not release the email claim; it expires with its lease",
+                extra={
+                    "channel": EMAIL,
+                    "error": str(exc),
+                },
+            )
 
     def _after_error_response(self, event: TaskEvent, name: str, token: str, exc: ClientError) -> Outcome:
         error = exc.response.get("Error", {})
@@ -270,10 +338,16 @@ class EmailDispatcher:
             self._settle(event, name, token, None)
             raise exc
         self._settle(event, name, token, {"state": {"S": REJECTED}, "error_code": {"S": code or str(status)}})
-        logger.error("SES rejected the email; not retrying", extra={
-            "channel": EMAIL, "error_code": code, "status": status, "error": str(error.get("Message", "")),
-            "known_rejection": code in REJECTION_CODES,
-        })
+        logger.error(
+            "SES rejected the email; not retrying",
+            extra={
+                "channel": EMAIL,
+                "error_code": code,
+                "status": status,
+                "error": str(error.get("Message", "")),
+                "known_rejection": code in REJECTION_CODES,
+            },
+        )
         return Outcome.TERMINAL_FAILURE
 
 

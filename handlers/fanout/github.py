@@ -8,7 +8,9 @@ row at ``channel_metadata.github_comment_id``.
   then save the id conditionally (only if no id is stored yet, or it is the same id);
 - stored id -> edit it; 404 (someone deleted it) -> create again and save the new id
   conditionally on the old id still being the stored one;
-- 401 -> drop the cached token, read the secret again, retry once (token rotation);
+- 401 -> drop the cached token, read the secret again, retry once (token rotation); a second
+  401 fails the record (``RetryableError``): a rejected credential is a broken deployment, and
+  the DLQ keeps the notification until the secret is fixed, where a terminal drop would lose it;
 - 403 (GitHub's secondary rate limit), 429, 5xx, timeouts -> ``RetryableError`` with the
   Retry-After (or X-RateLimit-Reset) delay when GitHub gives one;
 - any other 4xx (422 body rejected, 404 on the issue itself, 410 locked/gone...) ->
@@ -55,6 +57,7 @@ from handlers.fanout.model import (
     RetryableError,
     TaskEvent,
 )
+from handlers.fanout.router import TaskNotFoundError
 from handlers.fanout.routing import (
     GITHUB,
     PR_CREATED,
@@ -169,16 +172,23 @@ class GitHubClient:
         self._api_url = api_url.rstrip("/")
         self._timeout = timeout
 
-    def request(self, method: str, path_or_url: str, token: str, body: Mapping[str, Any] | None = None) -> GitHubResponse:
+    def request(
+        self, method: str, path_or_url: str, token: str, body: Mapping[str, Any] | None = None
+    ) -> GitHubResponse:
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self._api_url + path_or_url
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method, headers={
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": API_VERSION,
-            "User-Agent": USER_AGENT,
-            **({"Content-Type": "application/json"} if data is not None else {}),
-        })
+        request = urllib.request.Request(
+            url,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": USER_AGENT,
+                **({"Content-Type": "application/json"} if data is not None else {}),
+            },
+        )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 raw = response.read()
@@ -276,9 +286,15 @@ class GitHubDispatcher:
         try:
             return self._with_token(secret_arn, lambda token: self._upsert_comment(token, target, task, body))
         except _TerminalGitHubError as exc:
-            logger.error("GitHub rejected the comment; not retrying", extra={
-                "channel": GITHUB, "repo": target.owner_repo, "number": target.number, "error": str(exc),
-            })
+            logger.error(
+                "GitHub rejected the comment; not retrying",
+                extra={
+                    "channel": GITHUB,
+                    "repo": target.owner_repo,
+                    "number": target.number,
+                    "error": str(exc),
+                },
+            )
             return Outcome.TERMINAL_FAILURE
 
     # -- the comment ------------------------------------------------------------------------
@@ -292,9 +308,14 @@ class GitHubDispatcher:
             except GitHubHttpError as exc:
                 if exc.status != 404:
                     raise self._classify(exc) from exc
-                logger.warning("Stored GitHub comment is gone; creating a new one", extra={
-                    "channel": GITHUB, "comment_id": stored_id, "repo": target.owner_repo,
-                })
+                logger.warning(
+                    "Stored GitHub comment is gone; creating a new one",
+                    extra={
+                        "channel": GITHUB,
+                        "comment_id": stored_id,
+                        "repo": target.owner_repo,
+                    },
+                )
 
         adopted = self._find_marked_comment(token, target, str(task["task_id"]))
         if adopted is not None:
@@ -318,13 +339,25 @@ class GitHubDispatcher:
                     return int(comment["id"])
             match = _NEXT_LINK.search(response.headers.get("Link", "") or "")
             url = match.group(1) if match else None
-        logger.warning("Stopped looking for the marked comment after the page limit", extra={
-            "channel": GITHUB, "repo": target.owner_repo, "number": target.number, "pages": MAX_LIST_PAGES,
-        })
+        logger.warning(
+            "Stopped looking for the marked comment after the page limit",
+            extra={
+                "channel": GITHUB,
+                "repo": target.owner_repo,
+                "number": target.number,
+                "pages": MAX_LIST_PAGES,
+            },
+        )
         return None
 
     def _save_comment_id(
-        self, token: str, target: _Target, task: Mapping[str, Any], new_id: int, *, previous_id: int | None,
+        self,
+        token: str,
+        target: _Target,
+        task: Mapping[str, Any],
+        new_id: int,
+        *,
+        previous_id: int | None,
         created: bool,
     ) -> None:
         ensure_channel_metadata(self._task_table, task)
@@ -342,14 +375,18 @@ class GitHubDispatcher:
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#cm": "channel_metadata", "#cid": COMMENT_ID_FIELD},
                 ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if not is_conditional_check_failure(exc):
                 raise
-            # Another invocation stored a different comment for this task. Ours is the
-            # duplicate: remove it (if we created it) and let the redelivery edit theirs.
+            # Another invocation stored a different comment for this task (or the task row is
+            # gone). Ours is the duplicate: remove it if we created it; a redelivery then edits
+            # the stored one.
             if created:
                 self._delete_quietly(token, target, new_id)
+            if not exc.response.get("Item"):
+                raise TaskNotFoundError(f"task {task['task_id']} disappeared while its comment was saved") from exc
             raise RetryableError(
                 f"comment id of task {task['task_id']} changed concurrently; redelivery will edit the stored one"
             ) from exc
@@ -360,10 +397,16 @@ class GitHubDispatcher:
         except (GitHubHttpError, RetryableError) as exc:
             if isinstance(exc, GitHubHttpError) and exc.status == 404:
                 return
-            logger.error("Could not delete a duplicate GitHub comment; it stays visible", extra={
-                "channel": GITHUB, "comment_id": comment_id, "repo": target.owner_repo, "error": str(exc),
-                "error_id": "FANOUT_GITHUB_DUP_DELETE_FAILED",
-            })
+            logger.error(
+                "Could not delete a duplicate GitHub comment; it stays visible",
+                extra={
+                    "channel": GITHUB,
+                    "comment_id": comment_id,
+                    "repo": target.owner_repo,
+                    "error": str(exc),
+                    "error_id": "FANOUT_GITHUB_DUP_DELETE_FAILED",
+                },
+            )
 
     # -- HTTP classification ----------------------------------------------------------------
 

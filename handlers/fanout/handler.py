@@ -34,18 +34,22 @@ def build_dispatchers(settings: FanOutSettings) -> list[ChannelDispatcher]:
             SlackDispatcher,  # slack-sdk is only imported when Slack is on
         )
 
-        dispatchers.append(SlackDispatcher(
-            task_table_name=settings.task_table_name,
-            slack_secret_prefix=settings.slack.secret_prefix,
-            slack_api_url=settings.slack.api_url,
-        ))
+        dispatchers.append(
+            SlackDispatcher(
+                task_table_name=settings.task_table_name,
+                slack_secret_prefix=settings.slack.secret_prefix,
+                slack_api_url=settings.slack.api_url,
+            )
+        )
     if settings.github:
-        dispatchers.append(GitHubDispatcher(
-            task_table_name=settings.task_table_name,
-            default_token_secret_arn=settings.github.token_secret_arn,
-            repo_table_name=settings.github.repo_table_name,
-            api_url=settings.github.api_url,
-        ))
+        dispatchers.append(
+            GitHubDispatcher(
+                task_table_name=settings.task_table_name,
+                default_token_secret_arn=settings.github.token_secret_arn,
+                repo_table_name=settings.github.repo_table_name,
+                api_url=settings.github.api_url,
+            )
+        )
     if settings.email:
         dispatchers.append(EmailDispatcher(task_table_name=settings.task_table_name, sender=settings.email.sender))
     return dispatchers
@@ -87,4 +91,6 @@ def handle_record(record: DynamoDBRecord, budget: TaskEventBudget) -> None:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     record_handler = functools.partial(handle_record, budget=TaskEventBudget())
-    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context))
+    return dict(
+        process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    )

@@ -55,10 +55,22 @@ APPROVAL_REQUIRED = "approval_required"
 STATUS_RESPONSE = "status_response"
 AGENT_MILESTONE = "agent_milestone"
 
-EVENT_TYPES = frozenset({
-    TASK_CREATED, SESSION_STARTED, TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED, TASK_TIMED_OUT,
-    TASK_STRANDED, AGENT_ERROR, PR_CREATED, APPROVAL_REQUIRED, STATUS_RESPONSE, AGENT_MILESTONE,
-})
+EVENT_TYPES = frozenset(
+    {
+        TASK_CREATED,
+        SESSION_STARTED,
+        TASK_COMPLETED,
+        TASK_FAILED,
+        TASK_CANCELLED,
+        TASK_TIMED_OUT,
+        TASK_STRANDED,
+        AGENT_ERROR,
+        PR_CREATED,
+        APPROVAL_REQUIRED,
+        STATUS_RESPONSE,
+        AGENT_MILESTONE,
+    }
+)
 
 TERMINAL_EVENTS = frozenset({TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED, TASK_STRANDED})
 
@@ -108,9 +120,7 @@ def resolve_subscription(channel: str, notifications: object) -> ChannelSubscrip
     return ChannelSubscription(channel, frozenset(listed))
 
 
-def channels_for(event_type: str, notifications: object, configured: Iterable[str]) -> tuple[
-    list[str], list[str]
-]:
+def channels_for(event_type: str, notifications: object, configured: Iterable[str]) -> tuple[list[str], list[str]]:
     """(channels that deliver ``event_type``, channels muted by an empty list) among ``configured``."""
     targets: list[str] = []
     muted: list[str] = []

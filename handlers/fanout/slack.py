@@ -36,7 +36,9 @@ an attempt owns it, ``{state: posted, token, ts, channel, ...}`` once the messag
 Protocol (fixes the seed, which wrote its marker *before* posting, so a failed post lost the
 notification forever): read the marker (consistent read) ->
   posted                        -> SKIPPED (duplicate delivery);
-  pending, lease not expired    -> RetryableError (another attempt is in flight);
+  pending, lease not expired    -> another attempt is in flight: poll the marker for up to
+                                   ``claim_wait_seconds`` (it usually turns posted -> SKIPPED,
+                                   or its lease runs out -> take over), then RetryableError;
   absent                        -> claim: conditional write ``attribute_not_exists``;
   pending, lease expired        -> take over: conditional on the old token (fencing), then
                                    look for the earlier attempt's message before posting;
@@ -48,13 +50,20 @@ threaded posts, conversations.history for top-level ones, from the first claim o
 
 A definite rejection (ok:false with a code, 429) releases the claim; an answer that leaves it
 open whether Slack stored the message (5xx, internal_error/fatal_error/service_unavailable,
-timeout, connection error) expires the lease instead, so the redelivery takes over at once
-*and* looks for the message before posting again.
+timeout, connection error) cuts the lease to a short grace instead, so the redelivery takes
+over within seconds *and* looks for the message before posting again.
+
+Timing: HTTP timeout 5 s, lease 15 s, claim wait 10 s (all constructor keywords). The lease
+is checked right before posting (at least timeout + 2 s must remain) so that a live attempt
+never posts after its lease ended; it is short because every redelivery meeting a crashed
+attempt's claim has to outwait it, and the claim wait lets one redelivery do so instead of
+failing fast and burning the event source's bounded retries (10 in FanOutConsumer).
 
 Crash windows (the container dies; Lambda redelivers the record):
 - before the claim: nothing was written or posted; the redelivery starts from scratch.
-- after the claim, before the post: the marker stays pending until its lease expires;
-  redeliveries meanwhile fail retryably; then one takes over, finds no message, posts once.
+- after the claim, before the post: the marker stays pending until its lease expires (at
+  most 15 s); a redelivery waits it out (or fails retryably if it cannot), takes over,
+  finds no message, posts once.
 - after the post, before the confirm: same, but the takeover finds the message by its
   metadata and confirms it (and re-applies the reaction and cleanup, both idempotent):
   still one message. Residual window, stated honestly: if the lookup is impossible (the app
@@ -169,15 +178,23 @@ REPLACED_REACTIONS: Mapping[str, tuple[str, ...]] = {
 # Slack message metadata on every post: how a takeover recognises an earlier attempt's message.
 METADATA_EVENT_TYPE = "bgagent_task_notification"
 
-DEFAULT_LEASE_SECONDS = 30.0
-DEFAULT_HTTP_TIMEOUT_SECONDS = 8
+# Timing. The lease bounds how long a crashed attempt blocks the marker; it must cover one post
+# (checked right before posting) and is kept short because redeliveries wait for it.
+DEFAULT_LEASE_SECONDS = 15.0
+DEFAULT_HTTP_TIMEOUT_SECONDS = 5
+DEFAULT_CLAIM_WAIT_SECONDS = 10.0
+CLAIM_POLL_SECONDS = 0.25
+# After an answer that leaves it open whether Slack stored the message, the lease is cut to
+# this grace instead of ended at once: a request our client abandoned (timeout) may still be
+# completing at Slack, and the takeover should find its message rather than race it.
+MAYBE_POSTED_GRACE_MS = 2_000
 # The lease must still cover the post (HTTP timeout) plus this margin when we start posting.
 POST_MARGIN_MS = 2_000
 # The lookup starts this long before the first claim: clocks of different containers differ.
 LOOKUP_CLOCK_SKEW_MS = 60_000
 LOOKUP_PAGE_SIZE = 200
 LOOKUP_MAX_PAGES = 5
-CLAIM_ROUNDS = 3
+MAX_CLAIM_WRITES = 5
 
 _serializer = TypeSerializer()
 
@@ -283,6 +300,7 @@ class SlackDispatcher:
         slack_api_url: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         http_timeout_seconds: int = DEFAULT_HTTP_TIMEOUT_SECONDS,
+        claim_wait_seconds: float = DEFAULT_CLAIM_WAIT_SECONDS,
     ) -> None:
         if not task_table_name:
             raise ConfigurationError("SlackDispatcher: TASK_TABLE_NAME is required (markers live in the task table)")
@@ -296,8 +314,10 @@ class SlackDispatcher:
         self._lease_ms = int(lease_seconds * 1000)
         self._post_budget_ms = http_timeout_seconds * 1000 + POST_MARGIN_MS
         self._http_timeout = http_timeout_seconds
+        self._claim_wait_s = claim_wait_seconds
         self._teams: dict[str, _TeamClients] = {}
         self._teams_lock = threading.Lock()
+        self._secret_read_lock = threading.Lock()
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -319,7 +339,7 @@ class SlackDispatcher:
             raise  # the claim was already released or expired where the failure was classified
         except Exception:
             # Anything else (a task-table write after the post, a bug): we may have posted.
-            # End the lease so the redelivery takes over at once and looks before posting.
+            # Cut the lease so the redelivery takes over within seconds and looks before posting.
             self._expire(event.task_id, claim)
             raise
 
@@ -349,18 +369,25 @@ class SlackDispatcher:
             cached = self._teams.get(team_id)
         if cached is not None:
             return cached
-        token = self._read_bot_token(team_id)
-        clients = _TeamClients(
-            poster=WebClient(token=token, base_url=self._api_url, timeout=self._http_timeout, retry_handlers=[]),
-            helper=WebClient(
-                token=token,
-                base_url=self._api_url,
-                timeout=self._http_timeout,
-                retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=1)],
-            ),
-        )
-        with self._teams_lock:
-            return self._teams.setdefault(team_id, clients)
+        # One secret read per team per container, even when many tasks of a new team start at once.
+        with self._secret_read_lock:
+            with self._teams_lock:
+                cached = self._teams.get(team_id)
+            if cached is not None:
+                return cached
+            token = self._read_bot_token(team_id)
+            clients = _TeamClients(
+                poster=WebClient(token=token, base_url=self._api_url, timeout=self._http_timeout, retry_handlers=[]),
+                helper=WebClient(
+                    token=token,
+                    base_url=self._api_url,
+                    timeout=self._http_timeout,
+                    retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=1)],
+                ),
+            )
+            with self._teams_lock:
+                self._teams[team_id] = clients
+            return clients
 
     def _forget_team(self, team_id: str) -> None:
         with self._teams_lock:
@@ -396,19 +423,19 @@ class SlackDispatcher:
     # -- marker: claim, confirm, release ---------------------------------------------------
 
     def _claim(self, event: TaskEvent, marker: str) -> Claim | Outcome:
-        for _ in range(CLAIM_ROUNDS):
-            metadata = self._read_channel_metadata(event.task_id)
-            current = metadata.get(marker)
+        """Own ``marker`` for this attempt, or learn that the message was already posted.
+
+        The first write assumes the common case (no marker yet); a failed condition returns the
+        row as it is, which decides the next step. A claim held by another attempt is waited
+        for (polling, up to ``claim_wait_seconds``) rather than failed at once: Lambda may
+        redeliver a stream batch immediately, and a record that fails on every redelivery while
+        a crashed attempt's lease runs out would spend its bounded retries and end in the
+        on-failure destination.
+        """
+        deadline = time.monotonic() + self._claim_wait_s
+        current: Mapping[str, Any] | None = None  # the marker as last seen; None = absent
+        for _ in range(MAX_CLAIM_WRITES):
             now = _now_ms()
-            if current is not None and _marker_state(current) != PENDING:
-                logger.info("Slack message already posted for this marker; skipping", extra=_log_fields(event, marker))
-                _count("slack_deduplicated")
-                return Outcome.SKIPPED
-            if current is not None and int(current.get("lease_until_ms", 0)) > now:
-                wait = (int(current["lease_until_ms"]) - now) / 1000
-                raise RetryableError(
-                    f"another attempt is posting {marker} for task {event.task_id}", retry_after_seconds=wait
-                )
             token = uuid.uuid4().hex
             first_claimed_at = int(current.get("first_claimed_at_ms", now)) if current is not None else now
             value = {
@@ -421,19 +448,55 @@ class SlackDispatcher:
             }
             if current is None:
                 condition, values = "attribute_not_exists(#cm.#m)", {}
-            else:  # fencing: take over exactly the expired claim we read, nobody else's
-                condition, values = (
-                    "#cm.#m.#token = :previous AND #cm.#m.#state = :pending",
-                    {
-                        ":previous": current.get("token"),
-                        ":pending": PENDING,
-                    },
-                )
-            if self._write_marker(event.task_id, marker, "SET #cm.#m = :value", condition, {":value": value, **values}):
+            else:  # fencing: take over exactly the expired claim we saw, nobody else's
+                condition = "#cm.#m.#token = :previous AND #cm.#m.#state = :pending AND #cm.#m.#lease < :now"
+                values = {":previous": current.get("token"), ":pending": PENDING, ":now": now}
+            won, metadata = self._write_claim(event.task_id, marker, condition, {":value": value, **values})
+            if won:
                 if current is not None:
                     logger.warning("Taking over an expired Slack claim", extra=_log_fields(event, marker))
                 return Claim(marker, token, now + self._lease_ms, first_claimed_at, current is not None, metadata)
+            current = metadata.get(marker)
+            while current is not None and _marker_state(current) == PENDING:
+                lease_left_ms = int(current.get("lease_until_ms", 0)) - _now_ms()
+                if lease_left_ms <= 0:
+                    break  # expired: try to take it over
+                wait_left = deadline - time.monotonic()
+                if wait_left <= 0:
+                    raise RetryableError(
+                        f"another attempt is posting {marker} for task {event.task_id}",
+                        retry_after_seconds=lease_left_ms / 1000,
+                    )
+                time.sleep(min(CLAIM_POLL_SECONDS, lease_left_ms / 1000, wait_left))
+                current = self._read_channel_metadata(event.task_id).get(marker)
+            if current is not None and _marker_state(current) != PENDING:
+                logger.info("Slack message already posted for this marker; skipping", extra=_log_fields(event, marker))
+                _count("slack_deduplicated")
+                return Outcome.SKIPPED
         raise RetryableError(f"marker {marker} of task {event.task_id} keeps changing under us")
+
+    def _write_claim(
+        self, task_id: str, marker: str, condition: str, values: Mapping[str, Any]
+    ) -> tuple[bool, Mapping[str, Any]]:
+        """Conditional claim write; returns (won, channel_metadata as it was before / as it is)."""
+        try:
+            response = client("dynamodb").update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression="SET #cm.#m = :value",
+                ConditionExpression=f"attribute_exists(task_id) AND ({condition})",
+                ExpressionAttributeNames=_expression_names(marker, "SET #cm.#m = :value", condition),
+                ExpressionAttributeValues={name: _serializer.serialize(value) for name, value in values.items()},
+                ReturnValues="ALL_OLD",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+            return True, _channel_metadata_of(task_id, response.get("Attributes"))
+        except ClientError as exc:
+            if is_conditional_check_failure(exc):
+                return False, _channel_metadata_of(task_id, exc.response.get("Item"))
+            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
 
     def _confirm(
         self, event: TaskEvent, team: _TeamClients, claim: Claim, posted: _Posted, root: _Posted | None
@@ -466,7 +529,7 @@ class SlackDispatcher:
         """Our fencing token is no longer the marker's: someone took the claim over meanwhile."""
         current = self._read_channel_metadata(event.task_id).get(claim.marker)
         fields = {**_log_fields(event, claim.marker), "ts": posted.ts}
-        if _marker_state(current) == POSTED and current is not None:
+        if current is not None and _marker_state(current) == POSTED:
             if current.get("ts") == posted.ts:
                 logger.info("Another attempt confirmed our message", extra=fields)
                 return Outcome.DELIVERED
@@ -492,14 +555,14 @@ class SlackDispatcher:
             task_id, claim.marker, "REMOVE #cm.#m", "#cm.#m.#token = :token", {":token": claim.token}, best_effort=True
         )
 
-    def _expire(self, task_id: str, claim: Claim) -> None:
-        """Maybe posted: end our lease now so the redelivery takes over and looks before posting."""
+    def _expire(self, task_id: str, claim: Claim, grace_ms: int = MAYBE_POSTED_GRACE_MS) -> None:
+        """End our lease (after ``grace_ms``): the redelivery takes over and looks before posting."""
         self._write_marker(
             task_id,
             claim.marker,
-            "SET #cm.#m.#lease = :zero",
+            "SET #cm.#m.#lease = :until",
             "#cm.#m.#token = :token AND #cm.#m.#state = :pending",
-            {":zero": 0, ":token": claim.token, ":pending": PENDING},
+            {":until": _now_ms() + grace_ms, ":token": claim.token, ":pending": PENDING},
             best_effort=True,
         )
 
@@ -514,16 +577,12 @@ class SlackDispatcher:
         best_effort: bool = False,
     ) -> bool:
         """Conditional marker write; False when the condition failed (someone else's write won)."""
-        names = {"#cm": "channel_metadata", "#m": marker, "#token": "token", "#state": "state"}
-        if "#lease" in update:
-            names["#lease"] = "lease_until_ms"
-        used = {name: value for name, value in names.items() if name in update or name in condition}
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"task_id": {"S": task_id}},
             "UpdateExpression": update,
             "ConditionExpression": f"attribute_exists(task_id) AND ({condition})",
-            "ExpressionAttributeNames": used,
+            "ExpressionAttributeNames": _expression_names(marker, update, condition),
         }
         if values:
             request["ExpressionAttributeValues"] = {k: _serializer.serialize(v) for k, v in values.items()}
@@ -556,13 +615,7 @@ class SlackDispatcher:
             )
         except (ClientError, BotoCoreError) as exc:
             raise RetryableError(f"task table read failed for task {task_id}: {exc}") from exc
-        item = response.get("Item")
-        if not item:
-            raise MalformedRecordError(f"task {task_id} disappeared from the task table during Slack dispatch")
-        metadata = deserialize_item(item).get("channel_metadata")
-        if not isinstance(metadata, Mapping):
-            raise MalformedRecordError(f"task {task_id} has no channel_metadata map")
-        return metadata
+        return _channel_metadata_of(task_id, response.get("Item"))
 
     # -- Slack calls -------------------------------------------------------------------------
 
@@ -577,7 +630,9 @@ class SlackDispatcher:
     ) -> _Posted | Outcome:
         if claim.lease_until_ms - _now_ms() < self._post_budget_ms:
             # A post started now could still be running when another attempt takes over.
-            self._release(event.task_id, claim)
+            # Nothing was posted by us; the lease is ended (not released) so that the next
+            # attempt still looks for an earlier attempt's message first.
+            self._expire(event.task_id, claim, grace_ms=0)
             raise SlackRetryableError(f"claim lease of task {event.task_id} too short to post safely")
         try:
             response = team.poster.chat_postMessage(
@@ -670,7 +725,7 @@ class SlackDispatcher:
                 )
                 _count("slack_lookup_unavailable")
                 return None
-            self._expire(event.task_id, claim)
+            self._expire(event.task_id, claim, grace_ms=0)  # we posted nothing; the next attempt looks again
             logger.warning(
                 "Slack lookup failed transiently; the record will be redelivered",
                 extra={
@@ -792,6 +847,22 @@ def parse_bot_token(secret_string: str | None) -> str:
     if not raw.startswith("xox") or any(character.isspace() for character in raw):
         raise ValueError("the value is not a Slack token (expected xoxb-...)")
     return raw
+
+
+def _expression_names(marker: str, *expressions: str) -> dict[str, str]:
+    """The attribute-name placeholders the expressions use (DynamoDB rejects unused ones)."""
+    names = {"#cm": "channel_metadata", "#m": marker, "#token": "token", "#state": "state", "#lease": "lease_until_ms"}
+    return {placeholder: name for placeholder, name in names.items() if any(placeholder in e for e in expressions)}
+
+
+def _channel_metadata_of(task_id: str, item: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """``channel_metadata`` of a raw DynamoDB item; the row vanishing mid-dispatch is malformed input."""
+    if not item:
+        raise MalformedRecordError(f"task {task_id} disappeared from the task table during Slack dispatch")
+    metadata = deserialize_item(item).get("channel_metadata")
+    if not isinstance(metadata, Mapping):
+        raise MalformedRecordError(f"task {task_id} has no channel_metadata map")
+    return metadata
 
 
 def _marker_state(value: Any) -> str:

@@ -29,9 +29,7 @@ def deserialize_item(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_task(table_name: str, task_id: str) -> dict[str, Any] | None:
     """The task row, read consistently (a marker written by the previous record must be seen)."""
-    response = client("dynamodb").get_item(
-        TableName=table_name, Key={"task_id": {"S": task_id}}, ConsistentRead=True
-    )
+    response = client("dynamodb").get_item(TableName=table_name, Key={"task_id": {"S": task_id}}, ConsistentRead=True)
     item = response.get("Item")
     return deserialize_item(item) if item else None
 

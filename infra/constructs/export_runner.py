@@ -48,7 +48,6 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
-from aws_cdk import cx_api
 from constructs import Construct
 
 from infra.acknowledge import acknowledge
@@ -59,16 +58,25 @@ from infra.constructs.handler_function import HandlerFunction
 
 RUNNER_HANDLER = "handlers.export_runner.runner.handler"
 SWEEPER_HANDLER = "handlers.export_runner.sweeper.handler"
+POSTGRES_PORT = 5432
+S3_ACCESS_LOGS_USE_BUCKET_POLICY = "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy"
 # Lambda's own guidance for SQS event sources, enforced by EventDriven-SqsVisibility.
 VISIBILITY_TO_TIMEOUT_RATIO = 6
+QUEUE_RETENTION = Duration.days(1)
+# A job still `queued` one hour past the queue's retention has no message left to run it (it
+# expired, or was parked in the DLQ after 3 receives): the sweeper fails it. A later redrive from
+# the DLQ then finds the job failed and is a no-op (the runner claims only `queued` jobs).
+QUEUED_EXPIRY = QUEUE_RETENTION.plus(Duration.hours(1))
 # What the runner does with its bucket: multipart upload (CreateMultipartUpload, UploadPart and
-# CompleteMultipartUpload are all authorised by s3:PutObject), abort on failure, and the
-# presigned GET it signs (S3 checks the signer's s3:GetObject when the URL is used).
-OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")
+# CompleteMultipartUpload are all authorised by s3:PutObject, as is the single PutObject of a
+# small export), abort on failure, and the presigned GET it signs (S3 checks the signer's
+# s3:GetObject when the URL is used). It never lists parts or buckets.
+OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload")
 # Denied on every other bucket, so no policy attached later (a managed read-only policy, a
 # careless grant) can let the runner copy audit rows elsewhere or read other data.
 DENIED_ELSEWHERE = (
     *OBJECT_ACTIONS,
+    "s3:ListMultipartUploadParts",
     "s3:GetObjectVersion",
     "s3:PutObjectAcl",
     "s3:DeleteObject",
@@ -104,6 +112,8 @@ class ExportDatabase:
 
 
 class ExportRunner(Construct):
+    """The compliance export subsystem (see the module docstring); built resources are attributes."""
+
     def __init__(
         self,
         scope: Construct,
@@ -116,7 +126,7 @@ class ExportRunner(Construct):
         alarm_topic: sns.ITopic | None = None,
         database_name: str = "audit",
         deletion_protection: bool = True,
-        engine_version: rds.AuroraPostgresEngineVersion = rds.AuroraPostgresEngineVersion.VER_16_6,
+        engine_version: rds.AuroraPostgresEngineVersion = rds.AuroraPostgresEngineVersion.VER_16_13,
         min_capacity: float = 0.5,
         max_capacity: float = 4,
         backup_retention: Duration = Duration.days(7),
@@ -142,7 +152,7 @@ class ExportRunner(Construct):
         # Server access logs are delivered under a bucket policy (AWS's recommendation) instead
         # of the log-delivery ACL, which would need ACLs enabled on the log bucket. Context set
         # here applies to this construct's children only.
-        self.node.set_context(cx_api.S3_SERVER_ACCESS_LOGS_USE_BUCKET_POLICY, True)
+        self.node.set_context(S3_ACCESS_LOGS_USE_BUCKET_POLICY, True)
 
         self.encryption_key = encryption_key
         self.alarm_topic = alarm_topic
@@ -178,7 +188,7 @@ class ExportRunner(Construct):
         self.cluster: rds.DatabaseCluster | None = None
         self.rotation_security_group: ec2.SecurityGroup | None = None
         if database is None:
-            self.cluster = self._create_cluster(
+            self.cluster, self.database_secret = self._create_cluster(
                 encryption_key=encryption_key,
                 database_name=database_name,
                 deletion_protection=deletion_protection,
@@ -188,9 +198,6 @@ class ExportRunner(Construct):
                 backup_retention=backup_retention,
             )
             cluster: rds.IDatabaseCluster = self.cluster
-            if self.cluster.secret is None:
-                raise ValueError("ExportRunner: the created cluster has no secret")
-            self.database_secret: secretsmanager.ISecret = self.cluster.secret
             self.database_name = database_name
         else:
             cluster = database.cluster
@@ -198,8 +205,11 @@ class ExportRunner(Construct):
             self.database_name = database.database_name
         self.database_endpoint = cluster.cluster_endpoint
         # PostgreSQL from the functions only; the rule lands on the database's security group.
-        self.function_security_group.connections.allow_to(
-            cluster, ec2.Port.tcp_range(cluster.cluster_endpoint.port, cluster.cluster_endpoint.port), "PostgreSQL"
+        # The port is named literally (a created cluster's own port attribute is a token, which
+        # the compliance rules cannot read).
+        self.database_port = ec2.Port.tcp(database.cluster.cluster_endpoint.port if database else POSTGRES_PORT)
+        cluster.connections.allow_from(
+            self.function_security_group, self.database_port, "PostgreSQL from the export functions"
         )
 
         if self._creates_network:
@@ -293,7 +303,7 @@ class ExportRunner(Construct):
             self,
             "EndpointSecurityGroup",
             vpc=self.vpc,
-            description="Interface endpoints of the export runner's VPC: HTTPS from its functions",
+            description="Interface endpoints of the export runner VPC: HTTPS from its functions",
             allow_all_outbound=False,
         )
         self.interface_endpoints = {
@@ -345,19 +355,6 @@ class ExportRunner(Construct):
             ],
             removal_policy=RemovalPolicy.RETAIN,
         )
-        acknowledge(
-            self.access_log_bucket,
-            "AwsSolutions-S1",
-            "This bucket receives the exports bucket's server access logs; logging it into itself would log "
-            "each log delivery, and a third bucket would only move the same question one level down.",
-        )
-        for rule_id in ("NIST.800.53.R5-S3BucketLoggingEnabled", "HIPAA.Security-S3BucketLoggingEnabled"):
-            acknowledge(
-                self.access_log_bucket,
-                rule_id,
-                "This bucket is itself the access-log target of the exports bucket; its own writes are S3's "
-                "log delivery, and its reads are visible in CloudTrail.",
-            )
         for rule_id in ("NIST.800.53.R5-S3DefaultEncryptionKMS", "HIPAA.Security-S3DefaultEncryptionKMS"):
             acknowledge(
                 self.access_log_bucket,
@@ -424,7 +421,7 @@ class ExportRunner(Construct):
         min_capacity: float,
         max_capacity: float,
         backup_retention: Duration,
-    ) -> rds.DatabaseCluster:
+    ) -> tuple[rds.DatabaseCluster, secretsmanager.ISecret]:
         isolated = _subnets(self.vpc.isolated_subnets or self.vpc.private_subnets, "the database")
         database_security_group = ec2.SecurityGroup(
             self,
@@ -437,6 +434,8 @@ class ExportRunner(Construct):
         # before the cluster starts exporting to it; RDS would otherwise create it unencrypted
         # with no expiry.
         cluster_identifier = Names.unique_resource_name(self, max_length=50, separator="-").lower()
+        if not cluster_identifier[0].isalpha():  # identifiers start with a letter
+            cluster_identifier = f"db-{cluster_identifier}"
         postgres_log_group = logs.LogGroup(
             self,
             "DatabaseLogGroup",
@@ -449,8 +448,11 @@ class ExportRunner(Construct):
             self,
             "Database",
             cluster_identifier=cluster_identifier,
+            port=POSTGRES_PORT,
             engine=rds.DatabaseClusterEngine.aurora_postgres(version=engine_version),
-            writer=rds.ClusterInstance.serverless_v2("Writer", publicly_accessible=False, auto_minor_version_upgrade=True),
+            writer=rds.ClusterInstance.serverless_v2(
+                "Writer", publicly_accessible=False, auto_minor_version_upgrade=True
+            ),
             serverless_v2_min_capacity=min_capacity,
             serverless_v2_max_capacity=max_capacity,
             vpc=self.vpc,
@@ -480,17 +482,21 @@ class ExportRunner(Construct):
             allow_all_outbound=False,
         )
         self.rotation_security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to Secrets Manager")
-        self.rotation_security_group.connections.allow_to(cluster, ec2.Port.tcp(5432), "PostgreSQL")
-        if cluster.secret is None:
+        cluster.connections.allow_from(
+            self.rotation_security_group, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from secret rotation"
+        )
+        secret = cluster.secret
+        if secret is None:  # generated credentials always give the cluster a secret
             raise ValueError("ExportRunner: the created cluster has no secret")
         # Single-user rotation of the generated admin secret. The functions read the secret at
         # cold start; a container started before a rotation reconnects with the new password
         # only after it re-reads the secret.
-        cluster.secret.add_rotation_schedule(
+        secret.add_rotation_schedule(
             "Rotation",
             automatically_after=Duration.days(30),
+            # In the functions' subnets: they reach Secrets Manager (endpoint or the caller's NAT).
             hosted_rotation=secretsmanager.HostedRotation.postgre_sql_single_user(
-                vpc=self.vpc, vpc_subnets=isolated, security_groups=[self.rotation_security_group]
+                vpc=self.vpc, vpc_subnets=self.function_subnets, security_groups=[self.rotation_security_group]
             ),
         )
         for rule_id in ("NIST.800.53.R5-RDSInBackupPlan", "HIPAA.Security-RDSInBackupPlan"):
@@ -503,8 +509,8 @@ class ExportRunner(Construct):
         acknowledge(
             cluster,
             "AwsSolutions-RDS11",
-            "The audit database listens on PostgreSQL's port; only the exporter's security groups may reach it, "
-            "in subnets without a route out, so a different port would hide nothing.",
+            "The audit database listens on PostgreSQL's port, is not publicly accessible and admits only the "
+            "export functions' and secret rotation's security groups, so a different port would hide nothing.",
         )
         acknowledge(
             cluster,
@@ -524,7 +530,7 @@ class ExportRunner(Construct):
                     "Deletion protection of the audit database was turned off in the deploying configuration "
                     "(context export_runner.deletion_protection = false), for a disposable environment.",
                 )
-        return cluster
+        return cluster, secret
 
     # --- Runner --------------------------------------------------------------------------------
 
@@ -555,7 +561,7 @@ class ExportRunner(Construct):
             encryption=sqs.QueueEncryption.KMS,
             encryption_master_key=encryption_key,
             enforce_ssl=True,
-            retention_period=Duration.days(1),
+            retention_period=QUEUE_RETENTION,
             visibility_timeout=Duration.seconds(runner_timeout.to_seconds() * VISIBILITY_TO_TIMEOUT_RATIO),
             dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=3, queue=self.dlq.queue),
         )
@@ -581,7 +587,6 @@ class ExportRunner(Construct):
             code=code,
         )
         self.runner_function = self.runner.function
-        self.runner.acknowledge_key_grants()
         self.runner_function.add_event_source(
             event_sources.SqsEventSource(
                 self.queue,
@@ -592,12 +597,25 @@ class ExportRunner(Construct):
                 max_concurrency=runner_concurrency,
             )
         )
+        (self.event_source_mapping,) = (
+            child for child in self.runner_function.node.children if isinstance(child, lambda_.EventSourceMapping)
+        )
+        acknowledge(
+            self.event_source_mapping,
+            "Serverless-LambdaEventSourceMappingDestination",
+            "Lambda supports on-failure destinations only for stream and Kafka sources; for this SQS source the "
+            "queue's redrive policy moves a message to the alarmed DLQ after 3 receives.",
+        )
         role = self.runner.role
-        self._grant_vpc_access(role)
+        self._grant_vpc_access(self.runner)
         self._grant_bucket(role)
-        self.database_secret.grant_read(role)
+        self._grant_secret_read(role)
         self.runner_alarms = FunctionAlarms(
-            self, "RunnerAlarms", function=self.runner_function, purpose="compliance export runner", alarm_topic=alarm_topic
+            self,
+            "RunnerAlarms",
+            function=self.runner_function,
+            purpose="compliance export runner",
+            alarm_topic=alarm_topic,
         )
         # A job message older than one visibility window has been retried or is waiting behind
         # a backlog: exports are stuck or too slow.
@@ -609,7 +627,9 @@ class ExportRunner(Construct):
                     "Compliance export requests have waited longer than the queue's visibility timeout: the runner "
                     "is failing, throttled or behind."
                 ),
-                metric=self.queue.metric_approximate_age_of_oldest_message(period=Duration.minutes(5), statistic="Maximum"),
+                metric=self.queue.metric_approximate_age_of_oldest_message(
+                    period=Duration.minutes(5), statistic="Maximum"
+                ),
                 threshold=runner_timeout.to_seconds() * VISIBILITY_TO_TIMEOUT_RATIO,
                 evaluation_periods=1,
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -617,10 +637,28 @@ class ExportRunner(Construct):
             ),
             alarm_topic,
         )
-        self._acknowledge_function_wildcards(self.runner, "the SQS consume grant")
+        self._acknowledge_function_wildcards(self.runner)
 
-    def _grant_vpc_access(self, role: iam.IRole) -> None:
-        role.add_to_principal_policy(iam.PolicyStatement(actions=list(VPC_ACCESS_ACTIONS), resources=["*"]))
+    def _grant_vpc_access(self, function: HandlerFunction) -> None:
+        """Lambda creates and deletes the function's network interfaces with its execution role."""
+        function.role.add_to_principal_policy(iam.PolicyStatement(actions=list(VPC_ACCESS_ACTIONS), resources=["*"]))
+
+    def _grant_secret_read(self, role: iam.IRole) -> None:
+        self.database_secret.grant_read(role)
+        key = self.database_secret.encryption_key
+        if key is not None and not isinstance(key, kms.Key):
+            # CDK writes the decrypt right into the policy of a key defined in this app; the
+            # policy of an imported key cannot be changed from here, so the role gets it, usable
+            # through Secrets Manager only.
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt"],
+                    resources=[key.key_arn],
+                    conditions={
+                        "StringEquals": {"kms:ViaService": f"secretsmanager.{Stack.of(self).region}.amazonaws.com"}
+                    },
+                )
+            )
 
     def _grant_bucket(self, role: iam.IRole) -> None:
         objects = self.bucket.arn_for_objects("*")
@@ -662,14 +700,18 @@ class ExportRunner(Construct):
             self,
             "Sweeper",
             handler=SWEEPER_HANDLER,
-            description="Fails compliance export jobs stuck in running past the runner's timeout",
+            description="Fails compliance export jobs stuck in running, or queued with no message left",
             service_name="export_sweeper",
             encryption_key=encryption_key,
             timeout=Duration.seconds(60),
             memory_size=256,
             # One sweep at a time: a second one would find nothing left to do.
             reserved_concurrency=1,
-            environment={"EXPORT_STUCK_AFTER_SECONDS": str(int(stuck_after.to_seconds())), **database_environment},
+            environment={
+                "EXPORT_STUCK_AFTER_SECONDS": str(int(stuck_after.to_seconds())),
+                "EXPORT_QUEUED_EXPIRY_SECONDS": str(int(QUEUED_EXPIRY.to_seconds())),
+                **database_environment,
+            },
             vpc=self.vpc,
             vpc_subnets=self.function_subnets,
             security_groups=[self.function_security_group],
@@ -677,23 +719,22 @@ class ExportRunner(Construct):
             code=code,
         )
         self.sweeper_function = self.sweeper.function
-        self.sweeper.acknowledge_key_grants()
-        # Retry window: none. The sweep is one idempotent UPDATE and the next scheduled run
-        # repeats it; a failed run lands in the DLQ (alarmed) and in the Errors alarm.
-        self.sweeper_function.configure_async_invoke(retry_attempts=0, max_event_age=sweep_interval)
-        self._grant_vpc_access(self.sweeper.role)
-        self.database_secret.grant_read(self.sweeper.role)
+        # Retry window: Lambda's default for asynchronous invocations (2 retries, 1 and 2 minutes
+        # apart, then the DLQ with its alarm). A sweep is one idempotent UPDATE, so a retry that
+        # runs next to the following scheduled sweep changes nothing twice; reserved concurrency 1
+        # makes them queue rather than overlap.
+        self._grant_vpc_access(self.sweeper)
+        self._grant_secret_read(self.sweeper.role)
 
         stack = Stack.of(self)
         # A fixed rule name lets the key policy name the rule without a dependency cycle
         # (key -> rule -> function -> log group -> key).
-        rule_name = Names.unique_resource_name(self, max_length=64, separator="-") + "-sweep"
-        rule_name = rule_name[-64:]
+        rule_name = Names.unique_resource_name(self, max_length=58, separator="-") + "-sweep"
         self.sweep_schedule = events.Rule(
             self,
             "SweepSchedule",
             rule_name=rule_name,
-            description="Fails compliance export jobs stuck in running",
+            description="Fails compliance export jobs that can no longer finish",
             schedule=events.Schedule.rate(sweep_interval),
             targets=[
                 targets.LambdaFunction(
@@ -714,18 +755,25 @@ class ExportRunner(Construct):
                 conditions={
                     "ArnEquals": {
                         "aws:SourceArn": stack.format_arn(
-                            service="events", resource="rule", resource_name=rule_name, arn_format=ArnFormat.SLASH_RESOURCE_NAME
+                            service="events",
+                            resource="rule",
+                            resource_name=rule_name,
+                            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
                         )
                     }
                 },
             )
         )
         self.sweeper_alarms = FunctionAlarms(
-            self, "SweeperAlarms", function=self.sweeper_function, purpose="compliance export sweeper", alarm_topic=alarm_topic
+            self,
+            "SweeperAlarms",
+            function=self.sweeper_function,
+            purpose="compliance export sweeper",
+            alarm_topic=alarm_topic,
         )
-        self._acknowledge_function_wildcards(self.sweeper, "nothing else")
+        self._acknowledge_function_wildcards(self.sweeper)
 
-    def _acknowledge_function_wildcards(self, function: HandlerFunction, extra: str) -> None:
+    def _acknowledge_function_wildcards(self, function: HandlerFunction) -> None:
         acknowledge(
             function.role.node.find_child("DefaultPolicy"),
             "AwsSolutions-IAM5[Resource::*]",

@@ -85,6 +85,13 @@ class HandlerFunction(Construct):
             # invoke cannot lose an event either.
             dead_letter_queue=dead_letter_queue,
         )
+        # The role has no managed policy, so Lambda can write the function's logs only through
+        # this grant on its own log group.
+        self.log_group.grant_write(self.role)
+        # Lambda delivers failed asynchronous events to the DLQ with this role; the function's
+        # dead-letter grant covers sqs:SendMessage only, not the queue's KMS key.
+        if dead_letter_queue is not None and dead_letter_queue.encryption_master_key is not None:
+            dead_letter_queue.encryption_master_key.grant(self.role, "kms:GenerateDataKey", "kms:Decrypt")
         for rule_id in ("NIST.800.53.R5-IAMNoInlinePolicy", "HIPAA.Security-IAMNoInlinePolicy"):
             acknowledge(
                 self.role,

@@ -53,7 +53,10 @@ def verified_sender(aws: MotoServer) -> str:
 
 @pytest.fixture
 def fanout_env(
-    monkeypatch: pytest.MonkeyPatch, tables: FanOutTables, github: GitHubStub, github_secret_arn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tables: FanOutTables,
+    github: GitHubStub,
+    github_secret_arn: str,
     verified_sender: str,
 ) -> dict[str, str]:
     """GitHub and email configured (Slack is not: these tests must not depend on it)."""

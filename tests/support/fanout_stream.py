@@ -68,23 +68,30 @@ class FanOutTables:
 
     # -- setup -----------------------------------------------------------------------------
 
-    def create(self) -> FanOutTables:
+    def create(self, *, lookup_table_streams: bool = True) -> FanOutTables:
+        """The three tables; ``lookup_table_streams=False`` leaves the task and repo tables without a
+        stream (nothing here reads them; the benchmark spares moto the copying)."""
         events = self.ddb.create_table(
             TableName=TASK_EVENTS_TABLE,
-            KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}, {"AttributeName": "event_id", "KeyType": "RANGE"}],
+            KeySchema=[
+                {"AttributeName": "task_id", "KeyType": "HASH"},
+                {"AttributeName": "event_id", "KeyType": "RANGE"},
+            ],
             AttributeDefinitions=[
-                {"AttributeName": "task_id", "AttributeType": "S"}, {"AttributeName": "event_id", "AttributeType": "S"},
+                {"AttributeName": "task_id", "AttributeType": "S"},
+                {"AttributeName": "event_id", "AttributeType": "S"},
             ],
             BillingMode="PAY_PER_REQUEST",
             StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         )
+        stream = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
         for name, key in ((TASK_TABLE, "task_id"), (REPO_TABLE, "repo")):
             self.ddb.create_table(
                 TableName=name,
                 KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
                 AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
                 BillingMode="PAY_PER_REQUEST",
-                StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+                **({"StreamSpecification": stream} if lookup_table_streams else {}),
             )
         self.stream_arn = events["TableDescription"]["LatestStreamArn"]
         shard = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
@@ -105,7 +112,9 @@ class FanOutTables:
         item = self.ddb.get_item(TableName=TASK_TABLE, Key={"task_id": {"S": task_id}}, ConsistentRead=True)["Item"]
         return {name: _deserializer.deserialize(value) for name, value in item.items()}
 
-    def update_task(self, task_id: str, expression: str, names: dict[str, str], values: dict[str, Any] | None = None) -> None:
+    def update_task(
+        self, task_id: str, expression: str, names: dict[str, str], values: dict[str, Any] | None = None
+    ) -> None:
         kwargs: dict[str, Any] = {"ExpressionAttributeNames": names}
         if values:
             kwargs["ExpressionAttributeValues"] = _ddb_item(values)
@@ -114,10 +123,20 @@ class FanOutTables:
         )
 
     def put_event(
-        self, task_id: str, event_id: str, event_type: str, *, timestamp: str = "2026-11-23T10:00:00Z",
+        self,
+        task_id: str,
+        event_id: str,
+        event_type: str,
+        *,
+        timestamp: str = "2026-11-23T10:00:00Z",
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        row: dict[str, Any] = {"task_id": task_id, "event_id": event_id, "event_type": event_type, "timestamp": timestamp}
+        row: dict[str, Any] = {
+            "task_id": task_id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "timestamp": timestamp,
+        }
         if metadata is not None:
             row["metadata"] = dict(metadata)
         self.put_raw_event(_ddb_item(row))

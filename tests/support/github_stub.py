@@ -5,7 +5,8 @@ edit and delete issue comments -- keeps the comments in memory, records every re
 arrival order, and can be scripted to answer errors (401/403/404/429/5xx, with headers such as
 Retry-After) for the next N matching requests. ``accepted_tokens`` makes every other token
 answer 401, like a rotated credential. Scripting ``DROP_CONNECTION`` closes the socket without an
-answer (what a client sees when a connection breaks or a proxy times out). ``delay_seconds`` slows every answer (benchmarks).
+answer (what a client sees when a connection breaks or a proxy times out). ``delay_seconds``
+slows every answer (benchmarks).
 
     with GitHubStub() as github:
         github.fail_next(429, method="PATCH", headers={"Retry-After": "7"})
@@ -20,10 +21,10 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 DROP_CONNECTION = 0  # scripted "status": close the socket without answering (a broken connection)
@@ -104,14 +105,24 @@ class GitHubStub:
     # -- scripting and inspection -------------------------------------------------------------
 
     def fail_next(
-        self, status: int, *, method: str | None = None, path_contains: str | None = None, times: int = 1,
-        headers: dict[str, str] | None = None, message: str = "scripted failure",
+        self,
+        status: int,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        message: str = "scripted failure",
     ) -> None:
         with self._lock:
             self._rules.append(_Rule(status, method, path_contains, times, dict(headers or {}), message))
 
     def run_before_next(
-        self, action: Callable[[], None], *, method: str | None = None, path_contains: str | None = None,
+        self,
+        action: Callable[[], None],
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
     ) -> None:
         """Run ``action`` just before the next matching request is answered (normally)."""
         with self._lock:
@@ -131,8 +142,11 @@ class GitHubStub:
 
     def comments_on(self, repo: str, number: int) -> list[str]:
         with self._lock:
-            return [c.body for c in sorted(self._comments.values(), key=lambda c: c.id)
-                    if c.repo == repo and c.number == number]
+            return [
+                c.body
+                for c in sorted(self._comments.values(), key=lambda c: c.id)
+                if c.repo == repo and c.number == number
+            ]
 
     def comment_ids_on(self, repo: str, number: int) -> list[int]:
         with self._lock:
@@ -144,9 +158,9 @@ class GitHubStub:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def _answer(self, method: str, raw_path: str, token: str | None, body: dict[str, Any] | None) -> tuple[
-        int, Any, dict[str, str]
-    ]:
+    def _answer(
+        self, method: str, raw_path: str, token: str | None, body: dict[str, Any] | None
+    ) -> tuple[int, Any, dict[str, str]]:
         split = urlsplit(raw_path)
         path, query = split.path, parse_qs(split.query)
         with self._lock:
@@ -185,9 +199,10 @@ class GitHubStub:
     def _list(self, repo: str, number: int, path: str, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
         per_page = int(query.get("per_page", ["30"])[0])
         page = int(query.get("page", ["1"])[0])
-        comments = sorted((c for c in self._comments.values() if c.repo == repo and c.number == number),
-                          key=lambda c: c.id)
-        chunk = comments[(page - 1) * per_page: page * per_page]
+        comments = sorted(
+            (c for c in self._comments.values() if c.repo == repo and c.number == number), key=lambda c: c.id
+        )
+        chunk = comments[(page - 1) * per_page : page * per_page]
         headers = {}
         if page * per_page < len(comments):
             headers["Link"] = f'<{self.url}{path}?per_page={per_page}&page={page + 1}>; rel="next"'
@@ -229,7 +244,7 @@ class GitHubStub:
 
             do_GET = do_POST = do_PATCH = do_DELETE = _serve
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler

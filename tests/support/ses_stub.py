@@ -72,8 +72,11 @@ class SesStub:
     def _answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self._lock:
             if path != SEND_EMAIL_PATH:
-                return 404, {"message": f"stub implements SendEmail only, not {path}"}, {
-                    "x-amzn-ErrorType": "NotFoundException"}
+                return (
+                    404,
+                    {"message": f"stub implements SendEmail only, not {path}"},
+                    {"x-amzn-ErrorType": "NotFoundException"},
+                )
             for error in self._errors:
                 if error[2] > 0:
                     error[2] -= 1
@@ -109,7 +112,7 @@ class SesStub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler

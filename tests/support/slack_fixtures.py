@@ -133,14 +133,19 @@ def make_event(
     )
 
 
-@pytest.fixture
-def slack_stub() -> Iterator[SlackStub]:
+# Fixture functions carry a ``_fixture`` suffix and register under the short name: a test
+# module imports the function (explicitly) and receives the short name as a parameter,
+# without the parameter shadowing the import.
+
+
+@pytest.fixture(name="slack_stub")
+def slack_stub_fixture() -> Iterator[SlackStub]:
     with running_slack_stub() as stub:
         yield stub
 
 
-@pytest.fixture
-def slack_world(aws: MotoServer, slack_stub: SlackStub) -> SlackWorld:
+@pytest.fixture(name="slack_world")
+def slack_world_fixture(aws: MotoServer, slack_stub: SlackStub) -> SlackWorld:
     client("dynamodb").create_table(
         TableName=TASK_TABLE,
         KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
@@ -156,7 +161,7 @@ def slack_world(aws: MotoServer, slack_stub: SlackStub) -> SlackWorld:
     return SlackWorld(stub=slack_stub, dispatcher=dispatcher)
 
 
-class _Records(logging.Handler):
+class LogRecords(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.records: list[logging.LogRecord] = []
@@ -165,17 +170,21 @@ class _Records(logging.Handler):
         self.records.append(record)
 
     def error_ids(self) -> list[str]:
-        return [str(getattr(record, "error_id")) for record in self.records if hasattr(record, "error_id")]
+        return [str(record.error_id) for record in self.records if hasattr(record, "error_id")]
 
     def with_field(self, name: str) -> list[logging.LogRecord]:
         return [record for record in self.records if hasattr(record, name)]
 
+    def values(self, name: str) -> list[Any]:
+        """The values of the structured field ``name`` (an ``extra`` key) in logging order."""
+        return [record.__dict__[name] for record in self.with_field(name)]
 
-@pytest.fixture
-def slack_logs() -> Iterator[_Records]:
+
+@pytest.fixture(name="slack_logs")
+def slack_logs_fixture() -> Iterator[LogRecords]:
     """The Slack dispatcher's log records (its Powertools child logger, whatever the parent's setup)."""
     target = logging.getLogger(slack.logger.name)
-    handler, previous_level = _Records(), target.level
+    handler, previous_level = LogRecords(), target.level
     target.addHandler(handler)
     target.setLevel(logging.DEBUG)
     try:

@@ -123,8 +123,10 @@ def test_function_settings(full: Template) -> None:
         },
     )
     full.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": 365, "KmsKeyId": Match.any_value()})
-    # No AWS managed policy: the role holds only what the construct grants.
+    # No AWS managed policy: the role holds only what the construct grants, which includes
+    # writing its own logs and using the DLQ's key for failed asynchronous events.
     full.has_resource_properties("AWS::IAM::Role", {"ManagedPolicyArns": Match.absent()})
+    assert {"logs:CreateLogStream", "logs:PutLogEvents", "kms:GenerateDataKey", "kms:Decrypt"} <= _actions(full)
 
 
 def test_dlq_encrypted_tls_only_with_alarms_routed(full: Template) -> None:

@@ -34,8 +34,12 @@ def test_events_reach_github_and_email(
 ) -> None:
     pr_task(tables, "t-1")
     tables.put_event("t-1", "e1", "task_created")
-    tables.put_event("t-1", "e2", "agent_milestone", metadata={"milestone": "pr_created",
-                                                               "pr_url": "https://github.com/octo/widgets/pull/7"})
+    tables.put_event(
+        "t-1",
+        "e2",
+        "agent_milestone",
+        metadata={"milestone": "pr_created", "pr_url": "https://github.com/octo/widgets/pull/7"},
+    )
     tables.put_event("t-1", "e3", "task_completed", metadata={"pr_url": "https://github.com/octo/widgets/pull/7"})
 
     response = invoke(tables.next_batch())
@@ -61,9 +65,17 @@ def test_malformed_records_fail_alone_and_are_reported_by_sequence_number(
     pr_task(tables, "good")
     for task_id in ("no-type", "bad-type"):
         pr_task(tables, task_id)
-    tables.put_raw_event({"task_id": {"S": "no-type"}, "event_id": {"S": "e1"}, "timestamp": {"S": "2026-11-23T10:00:00Z"}})
-    tables.put_raw_event({"task_id": {"S": "bad-type"}, "event_id": {"S": "e1"}, "event_type": {"S": "task_failed"},
-                          "timestamp": {"N": "1763900000"}})
+    tables.put_raw_event(
+        {"task_id": {"S": "no-type"}, "event_id": {"S": "e1"}, "timestamp": {"S": "2026-11-23T10:00:00Z"}}
+    )
+    tables.put_raw_event(
+        {
+            "task_id": {"S": "bad-type"},
+            "event_id": {"S": "e1"},
+            "event_type": {"S": "task_failed"},
+            "timestamp": {"N": "1763900000"},
+        }
+    )
     tables.put_event("good", "e1", "task_failed", metadata={"error_message": "tests failed"})
 
     event = tables.next_batch()
@@ -71,7 +83,9 @@ def test_malformed_records_fail_alone_and_are_reported_by_sequence_number(
 
     assert reported(response) == sequence_numbers(event)[:2]
     assert len(github.comments_on(REPO, PR_NUMBER)) == 1
-    assert "Failed" in github.comments_on(REPO, PR_NUMBER)[0] and "tests failed" in github.comments_on(REPO, PR_NUMBER)[0]
+    assert (
+        "Failed" in github.comments_on(REPO, PR_NUMBER)[0] and "tests failed" in github.comments_on(REPO, PR_NUMBER)[0]
+    )
 
 
 def test_a_poison_record_holds_back_the_later_records_of_its_task_only(
@@ -79,8 +93,15 @@ def test_a_poison_record_holds_back_the_later_records_of_its_task_only(
 ) -> None:
     pr_task(tables, "poisoned")
     pr_task(tables, "other", pr_number=8)
-    tables.put_raw_event({"task_id": {"S": "poisoned"}, "event_id": {"S": "e1"}, "event_type": {"S": "task_failed"},
-                          "timestamp": {"S": "2026-11-23T10:00:00Z"}, "metadata": {"S": "not a map"}})
+    tables.put_raw_event(
+        {
+            "task_id": {"S": "poisoned"},
+            "event_id": {"S": "e1"},
+            "event_type": {"S": "task_failed"},
+            "timestamp": {"S": "2026-11-23T10:00:00Z"},
+            "metadata": {"S": "not a map"},
+        }
+    )
     tables.put_event("poisoned", "e2", "task_completed")
     tables.put_event("other", "e1", "task_completed")
 
@@ -149,10 +170,18 @@ def test_repo_specific_token_is_used_when_the_repo_row_has_one(
 
 
 def test_per_task_overrides(tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer) -> None:
-    pr_task(tables, "quiet", notifications={"github": {"enabled": False},
-                                            "email": {"events": ["task_failed"], "recipients": [RECIPIENT]}})
-    pr_task(tables, "chatty", issue_number=9, pr_number=None,
-            notifications={"github": {"events": ["default", "agent_error"]}})
+    pr_task(
+        tables,
+        "quiet",
+        notifications={"github": {"enabled": False}, "email": {"events": ["task_failed"], "recipients": [RECIPIENT]}},
+    )
+    pr_task(
+        tables,
+        "chatty",
+        issue_number=9,
+        pr_number=None,
+        notifications={"github": {"events": ["default", "agent_error"]}},
+    )
     tables.put_event("quiet", "e1", "task_completed")
     tables.put_event("chatty", "e1", "task_completed")
 
@@ -205,7 +234,9 @@ def test_a_configured_channel_without_task_table_fails_the_cold_start(monkeypatc
 
 
 def test_slack_is_wired_when_its_prefix_is_set(fanout_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("handlers.fanout.slack", reason="the Slack dispatcher (handlers/fanout/slack.py) is not in the tree yet")
+    pytest.importorskip(
+        "handlers.fanout.slack", reason="the Slack dispatcher (handlers/fanout/slack.py) is not in the tree yet"
+    )
     monkeypatch.setenv("SLACK_SECRET_PREFIX", "bgagent/slack/")
 
     module: ModuleType = fresh_handler_module()

@@ -43,7 +43,8 @@ def test_401_after_token_rotation_rereads_the_secret_and_succeeds(
     assert reported(response) == []
     last_two = github.received()[-2:]
     assert [(r.method, r.token, r.status) for r in last_two] == [
-        ("PATCH", GITHUB_TOKEN, 401), ("PATCH", "ghp_rotated", 200),
+        ("PATCH", GITHUB_TOKEN, 401),
+        ("PATCH", "ghp_rotated", 200),
     ]
     comments = github.comments_on(REPO, PR_NUMBER)
     assert len(comments) == 1 and "Completed" in comments[0]
@@ -83,8 +84,13 @@ def test_persistent_401_fails_the_record_and_a_later_redelivery_delivers(
     ],
 )
 def test_rate_limits_and_5xx_are_retryable(
-    status: int, headers: dict[str, str], retry_after: float | None, tables: FanOutTables, github: GitHubStub,
-    invoke: Invoke, caplog: pytest.LogCaptureFixture,
+    status: int,
+    headers: dict[str, str],
+    retry_after: float | None,
+    tables: FanOutTables,
+    github: GitHubStub,
+    invoke: Invoke,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     pr_task(tables, "t-1")
     tables.put_event("t-1", "e1", "task_failed")
@@ -182,8 +188,9 @@ def test_losing_the_conditional_save_race_deletes_our_duplicate(
         # An overlapping invocation (a timed-out predecessor) created and saved its comment
         # after our list found nothing and just before our create.
         winner = github.add_comment(REPO, PR_NUMBER, "<!-- bgagent-task:t-1 -->\nolder state")
-        tables.update_task("t-1", "SET #cm.#cid = :id", {"#cm": "channel_metadata", "#cid": "github_comment_id"},
-                           {":id": winner})
+        tables.update_task(
+            "t-1", "SET #cm.#cid = :id", {"#cm": "channel_metadata", "#cid": "github_comment_id"}, {":id": winner}
+        )
 
     github.run_before_next(competing_invocation_wins, method="POST")
 

@@ -57,7 +57,8 @@ def test_redelivery_after_a_partial_failure_completes_without_duplicates(
     assert len(github.comments_on(REPO, 8)) == 1
     # Email of a/e1 went out in the first attempt (the email channel ran after GitHub failed).
     assert sorted(m["subject"] for m in moto_sent_emails(aws.endpoint)) == [
-        "[bgagent] Task a failed", "[bgagent] Task b completed",
+        "[bgagent] Task a failed",
+        "[bgagent] Task b completed",
     ]
 
     second = invoke(redelivery(event, first))  # Lambda resends a/e1, b/e1, a/e2
@@ -67,7 +68,9 @@ def test_redelivery_after_a_partial_failure_completes_without_duplicates(
     assert len(comments_a) == 1 and "Completed" in comments_a[0]
     assert len(github.comments_on(REPO, 8)) == 1
     assert sorted(m["subject"] for m in moto_sent_emails(aws.endpoint)) == [
-        "[bgagent] Task a completed", "[bgagent] Task a failed", "[bgagent] Task b completed",
+        "[bgagent] Task a completed",
+        "[bgagent] Task a failed",
+        "[bgagent] Task b completed",
     ]
 
 

@@ -45,7 +45,7 @@ def processor(max_concurrency: int = 4) -> OrderedStreamProcessor:
     )
 
 
-def failed_ids(response: dict[str, Any]) -> list[str]:
+def failed_ids(response: Any) -> list[str]:
     return [item["itemIdentifier"] for item in response["batchItemFailures"]]
 
 
@@ -61,7 +61,7 @@ def test_records_of_one_key_run_in_stream_order_and_never_overlap() -> None:
             active[key] += 1
             if active[key] > 1:
                 overlaps.append(key)
-        seen[key].append(record.dynamodb.sequence_number)  # type: ignore[union-attr]
+        seen[key].append(str(record["dynamodb"]["SequenceNumber"]))
         with lock:
             active[key] -= 1
 
@@ -193,7 +193,12 @@ def test_kinesis_failures_are_reported_by_kinesis_sequence_number() -> None:
         return {
             "eventSource": "aws:kinesis",
             "eventID": f"shard:{seq}",
-            "kinesis": {"partitionKey": partition, "sequenceNumber": seq, "data": "e30=", "kinesisSchemaVersion": "1.0"},
+            "kinesis": {
+                "partitionKey": partition,
+                "sequenceNumber": seq,
+                "data": "e30=",
+                "kinesisSchemaVersion": "1.0",
+            },
         }
 
     def handle(record: KinesisStreamRecord) -> None:
@@ -203,8 +208,9 @@ def test_kinesis_failures_are_reported_by_kinesis_sequence_number() -> None:
     proc = OrderedStreamProcessor(
         EventType.KinesisDataStreams, key=lambda r: r.kinesis.partition_key, raise_on_entire_batch_failure=False
     )
-    event = event_of(kinesis_record("100", "p"), kinesis_record("101", "p"), kinesis_record("102", "p"),
-                     kinesis_record("103", "q"))
+    event = event_of(
+        kinesis_record("100", "p"), kinesis_record("101", "p"), kinesis_record("102", "p"), kinesis_record("103", "q")
+    )
     response = process_partial_response(event=event, record_handler=handle, processor=proc)
 
     assert failed_ids(response) == ["101", "102"]

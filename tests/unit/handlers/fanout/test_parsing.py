@@ -46,7 +46,10 @@ def test_insert_record_becomes_a_task_event() -> None:
 
     assert event is not None
     assert (event.task_id, event.event_id, event.event_type, event.timestamp) == (
-        "task-1", "evt-001", "task_completed", "2026-11-23T10:00:00Z",
+        "task-1",
+        "evt-001",
+        "task_completed",
+        "2026-11-23T10:00:00Z",
     )
     assert event.metadata == {"pr_url": "https://github.com/o/r/pull/7", "attempt": 2}
     assert event.sequence_number == "000123"
@@ -63,10 +66,19 @@ def test_remove_record_is_ignored_not_failed() -> None:
 
 
 def test_metadata_keeps_scalars_only() -> None:
-    metadata = {"M": {
-        "text": {"S": "x"}, "count": {"N": "3"}, "ratio": {"N": "0.5"}, "flag": {"BOOL": True}, "nothing": {"NULL": True},
-        "list": {"L": [{"S": "a"}]}, "map": {"M": {"k": {"S": "v"}}}, "set": {"SS": ["a"]}, "blob": {"B": b"x"},
-    }}
+    metadata = {
+        "M": {
+            "text": {"S": "x"},
+            "count": {"N": "3"},
+            "ratio": {"N": "0.5"},
+            "flag": {"BOOL": True},
+            "nothing": {"NULL": True},
+            "list": {"L": [{"S": "a"}]},
+            "map": {"M": {"k": {"S": "v"}}},
+            "set": {"SS": ["a"]},
+            "blob": {"B": b"x"},
+        }
+    }
     event = parse_record(record(with_fields(metadata=metadata)))
 
     assert event is not None
@@ -137,7 +149,7 @@ def test_metadata_that_is_not_a_map_is_malformed() -> None:
 
 
 def test_agent_milestone_without_a_milestone_name_is_malformed() -> None:
-    with pytest.raises(MalformedRecordError, match="metadata.milestone"):
+    with pytest.raises(MalformedRecordError, match=r"metadata\.milestone"):
         parse_record(record(with_fields(event_type={"S": "agent_milestone"}, metadata={"M": {}})))
 
 

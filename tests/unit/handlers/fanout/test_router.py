@@ -53,10 +53,7 @@ def counted(metrics: Metrics) -> dict[str, float]:
 
 def log_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     """Each log record as its message, level and structured extra keys."""
-    return [
-        {**vars(record), "message": record.getMessage(), "level": record.levelname}
-        for record in caplog.records
-    ]
+    return [{**vars(record), "message": record.getMessage(), "level": record.levelname} for record in caplog.records]
 
 
 def test_subscribed_channels_are_dispatched_in_channel_order(metrics: Metrics) -> None:
@@ -110,9 +107,7 @@ def test_unexpected_exception_fails_the_record_naming_the_channel(
     assert line["retryable"] is True and "KeyError" in line["error"]
 
 
-def test_terminal_failure_is_logged_and_counted_not_raised(
-    metrics: Metrics, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_terminal_failure_is_logged_and_counted_not_raised(metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
     router = make_router(metrics, ScriptedDispatcher("email", Outcome.TERMINAL_FAILURE))
 
     outcomes = router.deliver(event("task_completed"), TASK, TaskEventBudget())

@@ -79,7 +79,7 @@ def test_overrides_are_per_channel() -> None:
 
 
 def test_channels_for_only_considers_configured_channels_and_reports_muted_ones() -> None:
-    notifications = {"github": {"events": []}}
+    notifications: dict[str, Any] = {"github": {"events": []}}
 
     targets, muted = channels_for("task_completed", notifications, [GITHUB, EMAIL])
 
@@ -163,7 +163,8 @@ def test_every_email_subscription_has_a_renderer() -> None:
 
 def test_every_slack_subscription_has_a_renderer() -> None:
     slack_blocks = pytest.importorskip(
-        "handlers.fanout.slack_blocks", reason="the Slack renderers (handlers/fanout/slack_blocks.py) are not in the tree yet"
+        "handlers.fanout.slack_blocks",
+        reason="the Slack renderers (handlers/fanout/slack_blocks.py) are not in the tree yet",
     )
     renderable = _renderable(slack_blocks)
 

@@ -1,0 +1,3 @@
+from handlers.export_runner.cli import run
+
+run()
