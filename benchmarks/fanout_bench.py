@@ -8,7 +8,7 @@ be), three channels, each answering every HTTP call after 25 ms over real socket
 - GitHub: tests/support/github_stub.py, via GITHUB_API_URL;
 - email:  tests/support/ses_stub.py, a local SES v2 endpoint, via the standard
           AWS_ENDPOINT_URL_SESV2 (moto's SES cannot be slowed down);
-- DynamoDB (tables, stream, markers) and Secrets Manager: an in-process moto server.
+- DynamoDB (tables, stream, markers) and Secrets Manager: a moto server in its own process.
 
 Both runs execute the SAME record handler (``handlers.fanout.handler.handle_record``: parse,
 read the task row, route, dispatch, guard) on the same kind of batch, read from the moto
@@ -16,6 +16,11 @@ stream; only the batch processor differs: ``OrderedStreamProcessor`` (per-task o
 concurrent) against ``BatchProcessor(EventType.DynamoDBStreams)`` (one record after the other).
 Each run uses its own task ids, so dedup markers of one run never skip work in the other.
 Both runs must report no failure, and per-task order is asserted from what the stubs received.
+
+Besides wall times and their ratio it prints the CPU each side burnt: on a small machine the
+concurrent run is bound by CPU -- mostly the moto server emulating ~4 DynamoDB calls per record
+in one Python process -- not by the channels, and the printed floor says how far that lets
+any ratio go here. (Real DynamoDB serves the calls in parallel, off the function's CPU.)
 
     python -m benchmarks.fanout_bench
 """
@@ -198,7 +203,8 @@ def cpu_seconds(pid: int) -> float:
 @dataclass(frozen=True)
 class Measurement:
     wall_seconds: float
-    moto_cpu_seconds: float  # what the DynamoDB/Secrets Manager emulation itself burnt meanwhile
+    own_cpu_seconds: float  # this process: handler code, boto3/slack-sdk clients, the in-process stubs
+    moto_cpu_seconds: float  # the DynamoDB/Secrets Manager emulation, in its own process
     response: dict[str, Any]
 
 
@@ -206,11 +212,12 @@ def timed(run: Callable[[], dict[str, Any]], moto_pid: int) -> Measurement:
     # Powertools prints an EMF blob whenever a metric reaches 100 values, even with metrics
     # disabled; it is kept out of the output (both runs pay the same for it).
     with contextlib.redirect_stdout(io.StringIO()):
-        moto_before = cpu_seconds(moto_pid)
+        moto_before, own_before = cpu_seconds(moto_pid), time.process_time()
         started = time.perf_counter()
         response = run()
         elapsed = time.perf_counter() - started
-    return Measurement(elapsed, cpu_seconds(moto_pid) - moto_before, response)
+    own = time.process_time() - own_before
+    return Measurement(elapsed, own, cpu_seconds(moto_pid) - moto_before, response)
 
 
 _GITHUB_BODY = re.compile(r"bgagent-task:(?P<task_id>\S+) -->.*event `(?P<event_id>[^`]+)`", re.DOTALL)
@@ -282,16 +289,19 @@ def main() -> int:
     ours_label = f"OrderedStreamProcessor (max_concurrency={fanout.processor.max_concurrency})"
     for label, measured in (("Powertools BatchProcessor (sequential)", baseline), (ours_label, ours)):
         print(
-            f"  {label + ':':<50} {measured.wall_seconds:7.3f} s"
-            f"   (moto CPU meanwhile {measured.moto_cpu_seconds:.2f} s)"
+            f"  {label + ':':<50} {measured.wall_seconds:7.3f} s   (CPU: this process "
+            f"{measured.own_cpu_seconds:.2f} s, moto {measured.moto_cpu_seconds:.2f} s)"
         )
     verdict = "goal met" if ratio >= GOAL_RATIO else "BELOW GOAL"
     print(f"  ratio: {ratio:.1f}x (goal >= {GOAL_RATIO:.0f}x: {verdict}); per-task order held on every channel")
-    if ours.moto_cpu_seconds > 0.6 * ours.wall_seconds:
-        print(
-            "  note: the concurrent run is bound by the moto server's own CPU (one Python process emulating"
-            " DynamoDB for every worker); real DynamoDB serves these calls in parallel"
-        )
+    # Each process runs Python on one core at a time (GIL); together they share the machine's cores.
+    cores = os.cpu_count() or 1
+    own, moto = ours.own_cpu_seconds, ours.moto_cpu_seconds
+    cpu_floor = max(own, moto, (own + moto) / cores)
+    print(
+        f"  CPU floor of the concurrent run here ({cores} cores, ignoring other load): {cpu_floor:.2f} s"
+        f" -> best ratio this machine can show ~{baseline.wall_seconds / max(cpu_floor, 1e-9):.1f}x"
+    )
     return 0
 
 

@@ -24,6 +24,8 @@ PACK_PREFIXES = {
 
 
 def pack_of(rule_id: str) -> str:
+    if rule_id.startswith("CloudFormation-Validate::"):
+        return "CDK built-in"  # acknowledgements aws-cdk-lib writes itself (e.g. W3010 literal AZs)
     plugin, separator, rest = rule_id.partition("::")
     if separator and "[" not in plugin:  # 'Pack::Rule' form; '::' also appears inside '[Resource::*]'
         rule_id = rest

@@ -13,14 +13,18 @@ import boto3
 from botocore.config import Config
 
 # "standard" retry mode retries throttling, 5xx and connection errors with exponential
-# backoff and jitter. Three attempts in all (first try + two retries) keep the worst case (a few seconds) well inside the
-# shortest handler timeout; beyond that the record is reported as a batch item failure and
-# Lambda's own redelivery takes over, which is the retry that survives a crashed container.
+# backoff and jitter. Three attempts in all (first try + two retries) keep the worst case (a
+# few seconds) well inside the shortest handler timeout; beyond that the record is reported as
+# a batch item failure and Lambda's own redelivery takes over, which is the retry that
+# survives a crashed container.
+# The pool is sized for the stream processor's bounded concurrency (at most 64 worker threads
+# share one client); botocore's default of 10 would make the extra threads wait for a socket.
 DEFAULT_RETRY_CONFIG = Config(
     retries={"total_max_attempts": 3, "mode": "standard"},
     connect_timeout=3,
     read_timeout=10,
     tcp_keepalive=True,
+    max_pool_connections=64,
 )
 
 

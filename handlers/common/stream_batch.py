@@ -66,8 +66,9 @@ class OrderedStreamProcessor(BatchProcessor):
     """Per-key ordered, cross-key concurrent partial batch processor for streams.
 
     ``key`` receives the record as the Powertools event source data class (``DynamoDBRecord``
-    or ``KinesisStreamRecord``, or the ``model`` when one is given) and returns its ordering
-    key. It may raise any exception to say the record has no usable key.
+    or ``KinesisStreamRecord``, even when a parser ``model`` is given, so a record the model
+    rejects can still be ordered and reported) and returns its ordering key. It may raise any
+    exception to say the record has no usable key.
     """
 
     def __init__(
@@ -122,19 +123,27 @@ class OrderedStreamProcessor(BatchProcessor):
         return ordered
 
     def _process_key(self, indexes: Iterable[int], results: list[RecordResult | None]) -> None:
-        failed = False
+        failed_at: str | None = None
+        held_back = 0
         for index in indexes:
             raw = self.records[index]
-            if failed:
-                circuit_open = KeyCircuitOpenError("an earlier record of the same key failed in this batch")
+            if failed_at is not None:
+                circuit_open = KeyCircuitOpenError(f"record {failed_at} of the same key failed earlier in this batch")
                 results[index] = self.failure_handler(
                     record=self._to_data(raw),
                     exception=(KeyCircuitOpenError, circuit_open, None),
                 )
+                held_back += 1
                 continue
             result = self._process_record(raw)
             results[index] = result
-            failed = result[0] == "fail"
+            if result[0] == "fail":
+                failed_at = _sequence_number(raw)
+        if held_back:
+            (self.logger or _module_logger).info(
+                "Later records of a failed key were not processed; reported for redelivery in order",
+                extra={"failed_sequence_number": failed_at, "held_back": held_back},
+            )
 
     def _extract_key(self, raw: dict) -> str:
         try:

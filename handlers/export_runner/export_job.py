@@ -178,7 +178,8 @@ def run_export_job(
 def _describe(exc: Exception) -> str:
     if isinstance(exc, FilterError):
         return f"invalid job: {exc}"
-    return f"{type(exc).__name__}: {exc}".strip()
+    # One line: libpq messages span several lines, and job_error is shown in UIs and the CLI.
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _record_failure(job_id: uuid.UUID, error: str, deps: RunnerDependencies, logger: Logger) -> None:

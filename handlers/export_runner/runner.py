@@ -64,7 +64,13 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     deps = RunnerDependencies(
         database=DATABASE, s3=s3_client(), bucket=SETTINGS.bucket, presign_ttl_seconds=SETTINGS.presign_ttl_seconds
     )
-    report = run_export_job(job_id, deps, logger=logger, deadline=_deadline(lambda_context))
+    try:
+        report = run_export_job(job_id, deps, logger=logger, deadline=_deadline(lambda_context))
+    except Exception:
+        # Only failures before the claim get here (the database unreachable): redelivered.
+        logger.exception("export not started; the message will be redelivered", job_id=str(job_id))
+        metrics.add_metric(name="ExportsRetried", unit=MetricUnit.Count, value=1)
+        raise
     metrics.add_metric(name=OUTCOME_METRICS[report.outcome], unit=MetricUnit.Count, value=1)
     if report.outcome is Outcome.COMPLETED and report.result is not None:
         metrics.add_metric(name="ExportedRows", unit=MetricUnit.Count, value=report.result.rows)

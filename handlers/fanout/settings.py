@@ -14,7 +14,7 @@ when the matching prop is given:
 the task row and writes its markers there). A deployment with *no* channel configured fails
 the cold start: such a consumer would acknowledge -- i.e. silently drop -- every event.
 
-``FANOUT_MAX_CONCURRENCY`` (optional, default 16): how many tasks are processed at once.
+``FANOUT_MAX_CONCURRENCY`` (optional, default 32, 1..64): how many tasks are processed at once.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from handlers.fanout.routing import CHANNELS, EMAIL, GITHUB, SLACK
 
 SERVICE = "fanout"
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
-DEFAULT_MAX_CONCURRENCY = 16
+DEFAULT_MAX_CONCURRENCY = 32  # tasks handled at once; the work is I/O-bound (HTTP and DynamoDB round trips)
 
 
 def child_logger() -> Logger:

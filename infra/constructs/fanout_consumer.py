@@ -52,6 +52,8 @@ class FanOutConsumer(Construct):
         timeout: Duration = Duration.seconds(60),
         memory_size: int = 512,
         reserved_concurrency: int = 10,
+        # Tasks processed at once inside one batch (records of one task stay in order).
+        max_concurrency: int = 32,
     ) -> None:
         super().__init__(scope, construct_id)
         if task_events_table.table_stream_arn is None:
@@ -62,7 +64,9 @@ class FanOutConsumer(Construct):
         self.dlq = DeadLetterQueue(
             self, "Dlq", encryption_key=encryption_key, alarm_topic=alarm_topic, purpose="the task-event fan-out"
         )
-        environment: dict[str, str] = {}
+        if not 1 <= max_concurrency <= 64:
+            raise ValueError("FanOutConsumer: max_concurrency must be between 1 and 64")
+        environment: dict[str, str] = {"FANOUT_MAX_CONCURRENCY": str(max_concurrency)}
         if task_table is not None:
             environment["TASK_TABLE_NAME"] = task_table.table_name
         if repo_table is not None:

@@ -17,6 +17,7 @@ def test_pack_of_rule_ids() -> None:
     assert pack_of("NIST.800.53.R5-LambdaDLQ") == "NIST 800-53 R5"
     assert pack_of("HIPAA.Security::HIPAA.Security-LambdaDLQ") == "HIPAA Security"
     assert pack_of("EventDriven-DlqAlarm") == "EventDrivenChecks"
+    assert pack_of("CloudFormation-Validate::W3010") == "CDK built-in"
 
 
 def test_summary_counts_each_acknowledgement_once(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

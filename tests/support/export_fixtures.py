@@ -190,10 +190,13 @@ def bulk_append(
                 (tenant,),
             ).fetchone()
             tails[tenant] = row[0] if row else None
-        with conn.cursor() as cursor, cursor.copy(
-            "COPY compliance.audit_events (event_id, tenant_id, occurred_at, recorded_at, actor, actor_type, source,"
-            " event_type, payload, prev_hash, event_hash) FROM STDIN"
-        ) as copy:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(
+                "COPY compliance.audit_events (event_id, tenant_id, occurred_at, recorded_at, actor, actor_type,"
+                " source, event_type, payload, prev_hash, event_hash) FROM STDIN"
+            ) as copy,
+        ):
             for index, spec in enumerate(specs):
                 canonical = canonicals[index] if canonicals is not None else spec.canonical()
                 prev_hash = tails[spec.tenant_id]

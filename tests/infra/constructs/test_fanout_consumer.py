@@ -181,6 +181,7 @@ def test_each_integration_brings_its_env_and_grant(full: Template) -> None:
     assert variables["EMAIL_SENDER"] == "agent@example.com"
     assert variables["GITHUB_TOKEN_SECRET_ARN"] == GITHUB_SECRET_ARN
     assert {"TASK_TABLE_NAME", "REPO_TABLE_NAME"} <= set(variables)
+    assert variables["FANOUT_MAX_CONCURRENCY"] == "32"
     statements = _statements(full)
     rendered = json.dumps(statements)
     assert "secret:bgagent/slack/*" in rendered

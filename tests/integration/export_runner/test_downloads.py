@@ -23,7 +23,7 @@ def completed_job(export_db: ExportDatabase, bucket: str, *, ttl: int, export_fo
     deps = RunnerDependencies(database=export_db.database(), s3=s3_client(), bucket=bucket, presign_ttl_seconds=ttl)
     tenant = uuid.uuid4()
     with export_db.connect() as conn:
-        bulk_append(conn, spaced_events(tenant, 25, actor="auditor, \"quoted\"", payload_bytes=30))
+        bulk_append(conn, spaced_events(tenant, 25, actor='auditor, "quoted"', payload_bytes=30))
         job_id = insert_job_row(conn, tenant_id=tenant, export_format=export_format)
     assert run_export_job(job_id, deps, logger=LOGGER).outcome is Outcome.COMPLETED
     with export_db.connect() as conn:
@@ -38,7 +38,9 @@ def test_a_new_url_is_issued_after_the_first_expires(export_db: ExportDatabase, 
     while datetime.now(UTC) <= job.presigned_url_expires_at:
         time.sleep(0.2)  # let the first URL expire
 
-    issued = reissue_download_url(export_db.database(), s3_client(), bucket=exports_bucket, job_id=job.job_id, ttl_seconds=900)
+    issued = reissue_download_url(
+        export_db.database(), s3_client(), bucket=exports_bucket, job_id=job.job_id, ttl_seconds=900
+    )
 
     assert issued.url != job.presigned_url and issued.expires_at > datetime.now(UTC)
     with export_db.connect() as conn:
@@ -85,4 +87,3 @@ def test_a_downloaded_export_verifies_and_a_tampered_copy_does_not(
     tampered.write_bytes(body.replace(seven, eight))
     broken = verify_file(tampered).broken
     assert broken is not None and broken.record == 8
-

@@ -61,7 +61,9 @@ NASTY = [
 
 @pytest.fixture
 def deps(export_db: ExportDatabase, exports_bucket: str) -> RunnerDependencies:
-    return RunnerDependencies(database=export_db.database(), s3=s3_client(), bucket=exports_bucket, presign_ttl_seconds=900)
+    return RunnerDependencies(
+        database=export_db.database(), s3=s3_client(), bucket=exports_bucket, presign_ttl_seconds=900
+    )
 
 
 LOGGER = Logger(service="export-runner-test")
@@ -72,7 +74,9 @@ def run(deps: RunnerDependencies, job_id: uuid.UUID) -> Any:
     return run_export_job(job_id, deps, logger=LOGGER)
 
 
-def export_rows(deps: RunnerDependencies, export_db: ExportDatabase, job_id: uuid.UUID, export_format: str) -> list[dict[str, Any]]:
+def export_rows(
+    deps: RunnerDependencies, export_db: ExportDatabase, job_id: uuid.UUID, export_format: str
+) -> list[dict[str, Any]]:
     report = run(deps, job_id)
     assert report.outcome is Outcome.COMPLETED, report.error
     with export_db.connect() as conn:
@@ -117,7 +121,9 @@ def test_hostile_strings_in_every_string_field_come_back_verbatim(
     assert verify_file(downloaded).ok
 
 
-def test_ndjson_lines_are_single_json_objects_with_nulls_kept(deps: RunnerDependencies, export_db: ExportDatabase) -> None:
+def test_ndjson_lines_are_single_json_objects_with_nulls_kept(
+    deps: RunnerDependencies, export_db: ExportDatabase
+) -> None:
     tenant = uuid.uuid4()
     with export_db.connect() as conn:
         bulk_append(conn, spaced_events(tenant, 3))
@@ -197,7 +203,9 @@ def test_all_tenants_exports_span_tenants_under_a_multi_tenant_key(
         assert jobs.get_job(conn, everything).s3_key == f"multi-tenant/{everything}.ndjson"  # type: ignore[union-attr]
 
 
-def test_filters_select_by_window_actor_type_and_event_type(deps: RunnerDependencies, export_db: ExportDatabase) -> None:
+def test_filters_select_by_window_actor_type_and_event_type(
+    deps: RunnerDependencies, export_db: ExportDatabase
+) -> None:
     tenant = uuid.uuid4()
     start = WINDOW_START
     with export_db.connect() as conn:
@@ -212,7 +220,10 @@ def test_filters_select_by_window_actor_type_and_event_type(deps: RunnerDependen
         by_actor_type = insert_job_row(conn, tenant_id=tenant, filter={**window_filter(), "actorType": "SYSTEM"})
         by_event_type = insert_job_row(conn, tenant_id=tenant, filter={**window_filter(), "eventType": "AUTH_SIGNIN"})
     window_rows = export_rows(deps, export_db, window, "csv")
-    assert [row["occurred_at"] for row in window_rows][:2] == ["2024-03-01T00:00:00.000000Z", "2024-03-01T00:01:00.000000Z"]
+    assert [row["occurred_at"] for row in window_rows][:2] == [
+        "2024-03-01T00:00:00.000000Z",
+        "2024-03-01T00:01:00.000000Z",
+    ]
     assert len(window_rows) == 6
     assert {row["actor_type"] for row in export_rows(deps, export_db, by_actor_type, "csv")} == {"system"}
     assert len(export_rows(deps, export_db, by_event_type, "csv")) == 4
@@ -230,7 +241,9 @@ def test_an_empty_export_is_still_a_file(
     assert len(obj["Body"].read().splitlines()) == expected_body  # the CSV header line only
 
 
-def test_a_job_with_an_invalid_stored_filter_fails_with_the_reason(deps: RunnerDependencies, export_db: ExportDatabase) -> None:
+def test_a_job_with_an_invalid_stored_filter_fails_with_the_reason(
+    deps: RunnerDependencies, export_db: ExportDatabase
+) -> None:
     with export_db.connect() as conn:
         job_id = insert_job_row(conn, tenant_id=uuid.uuid4(), filter={**window_filter(), "where": "1=1"})
     report = run(deps, job_id)
@@ -238,7 +251,10 @@ def test_a_job_with_an_invalid_stored_filter_fails_with_the_reason(deps: RunnerD
     with export_db.connect() as conn:
         job = jobs.get_job(conn, job_id)
     assert job is not None and job.status == "failed" and job.completed_at is not None
-    assert job.job_error == "invalid job: FILTER_UNKNOWN_FIELD: unknown filter field(s) where; allowed: since, until, tenantId, actorType, eventType"
+    assert job.job_error == (
+        "invalid job: FILTER_UNKNOWN_FIELD: unknown filter field(s) where;"
+        " allowed: since, until, tenantId, actorType, eventType"
+    )
 
 
 def test_a_job_row_deleted_after_the_claim_is_acknowledged_as_vanished(
@@ -297,6 +313,8 @@ def test_secret_based_connections_follow_a_changed_secret(export_db: ExportDatab
     )
     with database.connect(application_name="test") as conn:
         assert conn.execute("SELECT current_database()").fetchone() == (export_db.name,)
-    overridden = Database(DatabaseSettings(url=None, secret_arn=arn, host="127.0.0.1", name="postgres", sslmode="disable"))
+    overridden = Database(
+        DatabaseSettings(url=None, secret_arn=arn, host="127.0.0.1", name="postgres", sslmode="disable")
+    )
     with overridden.connect(application_name="test") as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("postgres",)

@@ -83,9 +83,11 @@ def test_audit_events_are_append_only(export_db: ExportDatabase, statement: str)
 
     with export_db.connect() as conn:
         write_audit_event(
-            conn, AuditEvent(tenant_id=uuid.uuid4(), actor="alice", actor_type="user", source="api", event_type="auth.signin")
+            conn,
+            AuditEvent(
+                tenant_id=uuid.uuid4(), actor="alice", actor_type="user", source="api", event_type="auth.signin"
+            ),
         )
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute(statement)
         assert conn.execute("SELECT count(*), min(actor) FROM compliance.audit_events").fetchone() == (1, "alice")
-

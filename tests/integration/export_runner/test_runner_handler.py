@@ -61,7 +61,9 @@ def test_a_queued_export_is_downloadable_and_matches_the_database(
     assert response == {"batchItemFailures": []}
     with export_db.connect() as conn:
         done = jobs.get_job(conn, job.job_id)
-        expected = expected_export_rows(conn, tenant_id=tenant, since=WINDOW_START, until=WINDOW_START + timedelta(days=30))
+        expected = expected_export_rows(
+            conn, tenant_id=tenant, since=WINDOW_START, until=WINDOW_START + timedelta(days=30)
+        )
     assert done is not None and done.status == "complete" and done.job_error is None
     extension = "csv" if export_format == "csv" else "ndjson"
     assert done.s3_key == f"{tenant}/{job.job_id}.{extension}"
@@ -133,7 +135,7 @@ def test_an_unknown_job_is_acknowledged(runner: Any, exports_bucket: str) -> Non
 def test_missing_settings_fail_the_cold_start(runner_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COMPLIANCE_EXPORTS_BUCKET")
     monkeypatch.delenv("DATABASE_URL")
-    with pytest.raises(ConfigurationError, match="COMPLIANCE_EXPORTS_BUCKET is required.*DATABASE_SECRET_ARN"):
+    with pytest.raises(ConfigurationError, match=r"COMPLIANCE_EXPORTS_BUCKET is required.*DATABASE_SECRET_ARN"):
         cold_start(RUNNER)
 
 

@@ -27,14 +27,17 @@ def backdate(export_db: ExportDatabase, job_id: uuid.UUID, *, status: str, colum
 
 def test_stuck_and_abandoned_jobs_are_failed_and_nothing_else(sweeper: Any, export_db: ExportDatabase) -> None:
     with export_db.connect() as conn:
-        ids = {name: insert_job_row(conn, tenant_id=uuid.uuid4()) for name in ("stuck", "busy", "lost", "fresh", "done")}
+        ids = {
+            name: insert_job_row(conn, tenant_id=uuid.uuid4()) for name in ("stuck", "busy", "lost", "fresh", "done")
+        }
     backdate(export_db, ids["stuck"], status="running", column="started_at", interval="17 minutes")
     backdate(export_db, ids["busy"], status="running", column="started_at", interval="14 minutes")
     backdate(export_db, ids["lost"], status="queued", column="requested_at", interval="26 hours")
     with export_db.connect() as conn:
         conn.execute(
             "UPDATE compliance.export_jobs SET status = 'complete', started_at = now() - interval '2 days',"
-            " completed_at = now(), s3_key = 'k', presigned_url = 'u', presigned_url_expires_at = now() WHERE job_id = %s",
+            " completed_at = now(), s3_key = 'k', presigned_url = 'u', presigned_url_expires_at = now()"
+            " WHERE job_id = %s",
             (ids["done"],),
         )
 

@@ -242,3 +242,47 @@ def test_slack_is_wired_when_its_prefix_is_set(fanout_env: dict[str, str], monke
     module: ModuleType = fresh_handler_module()
 
     assert module.router.channels == ("slack", "github", "email")
+
+
+def test_all_three_channels_through_the_handler(
+    fanout_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tables: FanOutTables,
+    github: GitHubStub,
+    aws: MotoServer,
+) -> None:
+    pytest.importorskip(
+        "handlers.fanout.slack", reason="the Slack dispatcher (handlers/fanout/slack.py) is not in the tree yet"
+    )
+    from tests.support.fanout_stream import FakeLambdaContext
+    from tests.support.slack_stub import running_slack_stub
+
+    boto3.client("secretsmanager", endpoint_url=aws.endpoint).create_secret(
+        Name="bgagent/slack/T1", SecretString="xoxb-team-1"
+    )
+    with running_slack_stub() as slack:
+        monkeypatch.setenv("SLACK_SECRET_PREFIX", "bgagent/slack/")
+        monkeypatch.setenv("SLACK_API_URL", slack.base_url)
+        module = fresh_handler_module()
+        root = slack.add_message("C1", "<@UBOT> fix the flaky test")
+        pr_task(
+            tables,
+            "t-1",
+            channel_source="slack",
+            channel_metadata={
+                "slack_team_id": "T1",
+                "slack_channel_id": "C1",
+                "slack_thread_ts": root,
+            },
+        )
+        tables.put_event("t-1", "e1", "task_created")
+        tables.put_event("t-1", "e2", "task_completed")
+
+        response = module.handler(tables.next_batch(), FakeLambdaContext())
+
+        assert reported(response) == []
+        replies = slack.replies("C1", root)
+        assert len(replies) == 1 and replies[0].token == "xoxb-team-1"  # the created message was cleaned up
+        assert "completed" in (replies[0].text or "").lower()
+    assert len(github.comments_on(REPO, PR_NUMBER)) == 1
+    assert [m["subject"] for m in moto_sent_emails(aws.endpoint)] == ["[bgagent] Task t-1 completed"]

@@ -1,11 +1,12 @@
 import hashlib
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
 from handlers.export_runner import chain
 
-EVENT = {
+EVENT: dict[str, Any] = {
     "event_id": "0b8e9a4c-2f1d-4c3b-9a77-5d2e8f1c6a10",
     "tenant_id": "7f3c2b1a-0000-4000-8000-000000000001",
     "occurred_at": "2024-05-01T12:00:00.000250Z",
@@ -13,7 +14,7 @@ EVENT = {
     "actor_type": "user",
     "source": "api",
     "event_type": "data.export_initiated",
-    "payload": {"z": 1, "a": [True, None, 0.5], "é": "line\nbreak \"quoted\""},
+    "payload": {"z": 1, "a": [True, None, 0.5], "é": 'line\nbreak "quoted"'},
 }
 
 

@@ -169,7 +169,9 @@ def test_tenant_jobs_are_scoped_to_their_tenant_by_parameter() -> None:
 def test_all_tenants_jobs_have_no_tenant_condition_unless_the_filter_names_one() -> None:
     unscoped, params = where_clause(ALL_TENANTS, parse_filter(WINDOW, job_tenant_id=ALL_TENANTS))
     assert "tenant_id" not in unscoped.as_string() and "tenant_id" not in params
-    narrowed, params = where_clause(ALL_TENANTS, parse_filter({**WINDOW, "tenantId": str(OTHER)}, job_tenant_id=ALL_TENANTS))
+    narrowed, params = where_clause(
+        ALL_TENANTS, parse_filter({**WINDOW, "tenantId": str(OTHER)}, job_tenant_id=ALL_TENANTS)
+    )
     assert narrowed.as_string().startswith("tenant_id = %(tenant_id)s") and params["tenant_id"] == OTHER
 
 

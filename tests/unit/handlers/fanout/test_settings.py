@@ -52,7 +52,7 @@ def test_defaults() -> None:
 
     assert settings.github is not None and settings.github.api_url == DEFAULT_GITHUB_API_URL
     assert settings.github.repo_table_name is None
-    assert settings.max_concurrency == 16
+    assert settings.max_concurrency == 32
 
 
 def test_every_problem_is_named_at_once() -> None:
