@@ -28,7 +28,13 @@ CANONICAL_FIELDS = ("event_id", "tenant_id", "occurred_at", "actor", "actor_type
 def format_timestamp(moment: datetime) -> str:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"timestamp must be timezone-aware, got naive {moment.isoformat()}")
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+    utc = moment.astimezone(UTC)
+    # Spelled out rather than strftime: glibc's %Y does not zero-pad years before 1000, while
+    # Postgres' to_char(YYYY) does, and the two renderings must be identical.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -1,8 +1,11 @@
-"""The S3 client of the export runner: the shared retry config, plus Signature Version 4.
+"""The S3 client of the export runner: the shared retry config, plus two S3 specifics.
 
-botocore still presigns S3 URLs with Signature Version 2 in us-east-1 unless told otherwise;
-SigV2 URLs are refused for SSE-KMS objects and in regions opened since 2014. The endpoint,
-as for every client, comes from AWS_ENDPOINT_URL (boto3 reads it itself).
+- Signature Version 4: botocore still presigns S3 URLs with Signature Version 2 in us-east-1
+  unless told otherwise, and SigV2 URLs are refused for SSE-KMS objects and in regions opened
+  since 2014.
+- A 60 s read timeout instead of 10 s: CompleteMultipartUpload of a large export can take
+  S3 many seconds, during which it only trickles keep-alive whitespace.
+The endpoint, as for every client, comes from AWS_ENDPOINT_URL (boto3 reads it itself).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from botocore.config import Config
 
 from handlers.common.aws import DEFAULT_RETRY_CONFIG
 
-S3_CONFIG = DEFAULT_RETRY_CONFIG.merge(Config(signature_version="s3v4"))
+S3_CONFIG = DEFAULT_RETRY_CONFIG.merge(Config(signature_version="s3v4", read_timeout=60))
 
 
 @functools.cache

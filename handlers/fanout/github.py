@@ -30,7 +30,9 @@ stops the task's later records until the failed one succeeds on redelivery.
 
 Tokens: the repo table's ``github_token_secret_arn`` for the task's repo when present, else the
 stack-wide secret. SecretString is the token itself or JSON with a ``token`` field. Tokens are
-cached per container per secret; repo rows for ``REPO_ROW_TTL_SECONDS``.
+cached per container per secret; repo rows for ``REPO_ROW_TTL_SECONDS``. Each is read by one
+worker at a time, so a cold container whose batch starts many tasks at once reads a secret (and
+a repo row) once, not once per task; after a 401 only the token that failed is dropped.
 """
 
 from __future__ import annotations
@@ -273,7 +275,8 @@ class GitHubDispatcher:
         self._api = GitHubClient(api_url)
         self._tokens: dict[str, str] = {}
         self._repo_secrets: dict[str, tuple[float, str | None]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two caches and the map of fetch locks
+        self._fetch_locks: dict[str, threading.Lock] = {}
 
     def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
         if event.event_type not in RENDERERS:
@@ -433,13 +436,16 @@ class GitHubDispatcher:
     # -- tokens -----------------------------------------------------------------------------
 
     def _with_token(self, secret_arn: str, action: Callable[[str], T]) -> T:
+        token = self._token(secret_arn)
         try:
-            return action(self._token(secret_arn))
+            return action(token)
         except _Unauthorized:
-            # The secret may have been rotated since we cached it: read it again, once.
+            # The secret may have been rotated since we cached it: read it again, once. Only the
+            # token that failed is dropped: a worker that already re-read it is not undone.
             logger.info("GitHub answered 401; re-reading the token secret", extra={"channel": GITHUB})
             with self._lock:
-                self._tokens.pop(secret_arn, None)
+                if self._tokens.get(secret_arn) == token:
+                    del self._tokens[secret_arn]
         try:
             return action(self._token(secret_arn))
         except _Unauthorized as exc:
@@ -450,26 +456,50 @@ class GitHubDispatcher:
             cached = self._tokens.get(secret_arn)
         if cached:
             return cached
-        secret = client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
-        token = _token_from_secret(secret, secret_arn)
-        with self._lock:
-            self._tokens[secret_arn] = token
-        return token
+        with self._fetch_lock(f"secret:{secret_arn}"):
+            with self._lock:  # another worker may have read it while we waited
+                cached = self._tokens.get(secret_arn)
+            if cached:
+                return cached
+            secret = client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+            token = _token_from_secret(secret, secret_arn)
+            with self._lock:
+                self._tokens[secret_arn] = token
+            return token
 
     def _secret_arn_for(self, owner_repo: str) -> str:
         if not self._repo_table:
             return self._default_secret
-        now = time.monotonic()
+        fresh, repo_secret = self._cached_repo_secret(owner_repo)
+        if not fresh:
+            with self._fetch_lock(f"repo:{owner_repo}"):
+                fresh, repo_secret = self._cached_repo_secret(owner_repo)  # another worker may have read it
+                if not fresh:
+                    repo_secret = self._read_repo_secret(owner_repo)
+        return repo_secret or self._default_secret
+
+    def _cached_repo_secret(self, owner_repo: str) -> tuple[bool, str | None]:
+        """(whether the cached repo row is still fresh, the repo's own token secret ARN or None)."""
         with self._lock:
-            cached = self._repo_secrets.get(owner_repo)
-        if cached is not None and now - cached[0] < REPO_ROW_TTL_SECONDS:
-            return cached[1] or self._default_secret
+            entry = self._repo_secrets.get(owner_repo)
+        if entry is None or time.monotonic() - entry[0] >= REPO_ROW_TTL_SECONDS:
+            return False, None
+        return True, entry[1]
+
+    def _read_repo_secret(self, owner_repo: str) -> str | None:
+        read_at = time.monotonic()
         item = client("dynamodb").get_item(TableName=self._repo_table, Key={"repo": {"S": owner_repo}}).get("Item")
         arn = deserialize_item(item).get("github_token_secret_arn") if item else None
         repo_secret = arn if isinstance(arn, str) and arn else None
         with self._lock:
-            self._repo_secrets[owner_repo] = (now, repo_secret)
-        return repo_secret or self._default_secret
+            self._repo_secrets[owner_repo] = (read_at, repo_secret)
+        return repo_secret
+
+    def _fetch_lock(self, key: str) -> threading.Lock:
+        """One lock per cache entry: on a cold container the workers of many tasks ask for the same
+        secret or repo row at once, and only the first of them reads it (the others wait for it)."""
+        with self._lock:
+            return self._fetch_locks.setdefault(key, threading.Lock())
 
 
 def _token_from_secret(secret: str, secret_arn: str) -> str:

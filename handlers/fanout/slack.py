@@ -34,8 +34,13 @@ an attempt owns it, ``{state: posted, token, ts, channel, ...}`` once the messag
 (the created/session ``ts`` is what the terminal cleanup deletes).
 
 Protocol (fixes the seed, which wrote its marker *before* posting, so a failed post lost the
-notification forever): read the marker (consistent read) ->
-  posted                        -> SKIPPED (duplicate delivery);
+notification forever). The marker is learnt without a read of its own: first from the task
+row the router hands over (read consistently at the start of this record), then from the
+conditional claim itself (a failed condition returns the row, ``ALL_OLD``) ->
+  posted                        -> SKIPPED (duplicate delivery). A posted marker is final
+                                   (nothing rewrites or removes it), so the record-start read
+                                   can answer this without writing; even a stale read could
+                                   only miss a posted marker, never show one that is not;
   pending, lease not expired    -> another attempt is in flight: poll the marker for up to
                                    ``claim_wait_seconds`` (it usually turns posted -> SKIPPED,
                                    or its lease runs out -> take over), then RetryableError;
@@ -47,6 +52,14 @@ on terminal events delete the intermediate messages, and confirm: conditional on
 storing the ts. Every post carries Slack message metadata naming the task and marker, which
 is how a takeover recognises an earlier attempt's message (conversations.replies for
 threaded posts, conversations.history for top-level ones, from the first claim on).
+A successful claim returns the whole old row only when the dispatch still needs a fact the
+record-start read could not give: the task_created message's ts as thread root, for a task
+without ``slack_thread_ts`` whose read did not show that message posted yet.
+
+DynamoDB calls per Slack notification: claim + confirm, plus one re-read (of the two
+intermediate markers only) on terminal events. A duplicate delivery costs none (one failed
+claim if its record-start read predates the confirm). Waiting on another attempt's claim and
+a lost confirm re-read the one marker concerned.
 
 A definite rejection (ok:false with a code, 429) releases the claim; an answer that leaves it
 open whether Slack stored the message (5xx, internal_error/fatal_error/service_unavailable,
@@ -70,7 +83,8 @@ Crash windows (the container dies; Lambda redelivers the record):
   lacks the history scope, or Slack's read lags its write by more than the lease) the
   takeover posts again -- a duplicate, never a loss. That fallback is logged
   (FANOUT_SLACK_LOOKUP_UNAVAILABLE).
-- after the confirm: the marker says posted; redeliveries are SKIPPED.
+- after the confirm: the marker says posted; redeliveries are SKIPPED (from their record-start
+  read, or -- if that read predates the confirm -- from the failed claim).
 - two live attempts: only possible if one stalls past its lease between the lease check and
   the post. The fencing token makes the stale attempt's confirm fail; it then keeps its
   message if the winner adopted it, deletes it if the winner confirmed another one
@@ -274,7 +288,9 @@ class Claim:
     lease_until_ms: int
     first_claimed_at_ms: int
     takeover: bool
-    channel_metadata: Mapping[str, Any]  # consistent read taken just before claiming
+    # The freshest whole view of the row's markers this attempt has: the row as the claim found
+    # it when the claim asked for it (or failed), else the record-start read.
+    channel_metadata: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -328,9 +344,20 @@ class SlackDispatcher:
             logger.info("No Slack renderer for this event type", extra=_log_fields(event))
             return Outcome.SKIPPED
         target = SlackTarget.from_task(task)
+        marker = MARKERS[event.event_type]
+        known: Mapping[str, Any] = task["channel_metadata"]  # a map: from_task checked it
+        if marker in known and _marker_state(known[marker]) == POSTED:
+            return _already_posted(event, marker)
         message = render(event, task)
         team = self._team_clients(target.team_id)  # before claiming: a broken secret leaves no claim behind
-        claim = self._claim(event, MARKERS[event.event_type])
+        # The created message's ts is the thread root of a task without slack_thread_ts; the
+        # claim fetches the row when the record-start read does not show that ts yet.
+        needs_created_ts = (
+            target.thread_ts is None
+            and event.event_type != TASK_CREATED
+            and _posted_ts(known.get(CREATED_MARKER)) is None
+        )
+        claim = self._claim(event, marker, known, return_row=needs_created_ts)
         if isinstance(claim, Outcome):
             return claim
         try:
@@ -422,15 +449,17 @@ class SlackDispatcher:
 
     # -- marker: claim, confirm, release ---------------------------------------------------
 
-    def _claim(self, event: TaskEvent, marker: str) -> Claim | Outcome:
+    def _claim(self, event: TaskEvent, marker: str, known: Mapping[str, Any], *, return_row: bool) -> Claim | Outcome:
         """Own ``marker`` for this attempt, or learn that the message was already posted.
 
-        The first write assumes the common case (no marker yet); a failed condition returns the
-        row as it is, which decides the next step. A claim held by another attempt is waited
-        for (polling, up to ``claim_wait_seconds``) rather than failed at once: Lambda may
-        redeliver a stream batch immediately, and a record that fails on every redelivery while
-        a crashed attempt's lease runs out would spend its bounded retries and end in the
-        on-failure destination.
+        ``known`` is ``channel_metadata`` as read at the start of the record. The first write
+        assumes the common case (no marker yet; a pending one there is re-checked by the write
+        anyway); a failed condition returns the row as it is, which decides the next step. A
+        won claim returns the old row only when ``return_row`` (see ``dispatch``). A claim
+        held by another attempt is waited for (polling, up to ``claim_wait_seconds``) rather
+        than failed at once: Lambda may redeliver a stream batch immediately, and a record that
+        fails on every redelivery while a crashed attempt's lease runs out would spend its
+        bounded retries and end in the on-failure destination.
         """
         deadline = time.monotonic() + self._claim_wait_s
         current: Mapping[str, Any] | None = None  # the marker as last seen; None = absent
@@ -451,12 +480,16 @@ class SlackDispatcher:
             else:  # fencing: take over exactly the expired claim we saw, nobody else's
                 condition = "#cm.#m.#token = :previous AND #cm.#m.#state = :pending AND #cm.#m.#lease < :now"
                 values = {":previous": current.get("token"), ":pending": PENDING, ":now": now}
-            won, metadata = self._write_claim(event.task_id, marker, condition, {":value": value, **values})
+            won, row = self._write_claim(
+                event.task_id, marker, condition, {":value": value, **values}, return_row=return_row
+            )
+            if row is not None:
+                known = row
             if won:
                 if current is not None:
                     logger.warning("Taking over an expired Slack claim", extra=_log_fields(event, marker))
-                return Claim(marker, token, now + self._lease_ms, first_claimed_at, current is not None, metadata)
-            current = metadata.get(marker)
+                return Claim(marker, token, now + self._lease_ms, first_claimed_at, current is not None, known)
+            current = known.get(marker)
             while current is not None and _marker_state(current) == PENDING:
                 lease_left_ms = int(current.get("lease_until_ms", 0)) - _now_ms()
                 if lease_left_ms <= 0:
@@ -468,17 +501,20 @@ class SlackDispatcher:
                         retry_after_seconds=lease_left_ms / 1000,
                     )
                 time.sleep(min(CLAIM_POLL_SECONDS, lease_left_ms / 1000, wait_left))
-                current = self._read_channel_metadata(event.task_id).get(marker)
+                current = self._read_markers(event.task_id, marker).get(marker)
             if current is not None and _marker_state(current) != PENDING:
-                logger.info("Slack message already posted for this marker; skipping", extra=_log_fields(event, marker))
-                _count("slack_deduplicated")
-                return Outcome.SKIPPED
+                return _already_posted(event, marker)
         raise RetryableError(f"marker {marker} of task {event.task_id} keeps changing under us")
 
     def _write_claim(
-        self, task_id: str, marker: str, condition: str, values: Mapping[str, Any]
-    ) -> tuple[bool, Mapping[str, Any]]:
-        """Conditional claim write; returns (won, channel_metadata as it was before / as it is)."""
+        self, task_id: str, marker: str, condition: str, values: Mapping[str, Any], *, return_row: bool
+    ) -> tuple[bool, Mapping[str, Any] | None]:
+        """Conditional claim write; returns (won, channel_metadata as it was before / as it is).
+
+        A won claim returns the old row only when ``return_row``: the whole item comes back,
+        and the row is read and written on every event of the task anyway. (The success
+        condition already proves the row exists.)
+        """
         try:
             response = client("dynamodb").update_item(
                 TableName=self._table,
@@ -487,10 +523,10 @@ class SlackDispatcher:
                 ConditionExpression=f"attribute_exists(task_id) AND ({condition})",
                 ExpressionAttributeNames=_expression_names(marker, "SET #cm.#m = :value", condition),
                 ExpressionAttributeValues={name: _serializer.serialize(value) for name, value in values.items()},
-                ReturnValues="ALL_OLD",
+                ReturnValues="ALL_OLD" if return_row else "NONE",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            return True, _channel_metadata_of(task_id, response.get("Attributes"))
+            return True, (_channel_metadata_of(task_id, response.get("Attributes")) if return_row else None)
         except ClientError as exc:
             if is_conditional_check_failure(exc):
                 return False, _channel_metadata_of(task_id, exc.response.get("Item"))
@@ -527,7 +563,7 @@ class SlackDispatcher:
         self, event: TaskEvent, team: _TeamClients, claim: Claim, posted: _Posted, root: _Posted | None
     ) -> Outcome:
         """Our fencing token is no longer the marker's: someone took the claim over meanwhile."""
-        current = self._read_channel_metadata(event.task_id).get(claim.marker)
+        current = self._read_markers(event.task_id, claim.marker).get(claim.marker)
         fields = {**_log_fields(event, claim.marker), "ts": posted.ts}
         if current is not None and _marker_state(current) == POSTED:
             if current.get("ts") == posted.ts:
@@ -604,18 +640,28 @@ class SlackDispatcher:
                 return False
             raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
 
-    def _read_channel_metadata(self, task_id: str) -> Mapping[str, Any]:
-        """``channel_metadata`` as stored now (consistent read): markers written a moment ago are seen."""
+    def _read_markers(self, task_id: str, *markers: str) -> Mapping[str, Any]:
+        """``markers`` as stored now (consistent read: markers written a moment ago are seen).
+
+        Returns the part of ``channel_metadata`` holding those of them that exist. Only they
+        are fetched (plus the key, which tells a vanished row from absent markers).
+        """
+        names = {f"#m{index}": name for index, name in enumerate(markers)}
         try:
             response = client("dynamodb").get_item(
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 ConsistentRead=True,
-                ProjectionExpression="task_id, channel_metadata",
+                ProjectionExpression=", ".join(["task_id", *(f"#cm.{placeholder}" for placeholder in names)]),
+                ExpressionAttributeNames={"#cm": "channel_metadata", **names},
             )
         except (ClientError, BotoCoreError) as exc:
             raise RetryableError(f"task table read failed for task {task_id}: {exc}") from exc
-        return _channel_metadata_of(task_id, response.get("Item"))
+        item = response.get("Item")
+        if not item:
+            raise MalformedRecordError(f"task {task_id} disappeared from the task table during Slack dispatch")
+        metadata = deserialize_item(item).get("channel_metadata")
+        return metadata if isinstance(metadata, Mapping) else {}
 
     # -- Slack calls -------------------------------------------------------------------------
 
@@ -783,15 +829,18 @@ class SlackDispatcher:
     ) -> None:
         """Remove the created/session messages once the task is over.
 
-        Reads the row again (consistently): the snapshot taken when the record started can
-        predate the write of the session/created ts by a previous batch. The thread root is
-        never deleted (it holds the thread and the reactions).
+        Reads the row again (consistently; the two markers only): the snapshot taken when the
+        record started can predate the write of the session/created ts by a previous batch or
+        an overlapping invocation. The thread root is never deleted (it holds the thread and
+        the reactions). If the re-read fails, the freshest earlier view is used (the claim's
+        row, else the record-start read); the confirm that follows then most likely fails too,
+        and the redelivery takes over and runs this cleanup again.
         """
         try:
-            metadata = self._read_channel_metadata(event.task_id)
+            metadata = self._read_markers(event.task_id, SESSION_MARKER, CREATED_MARKER)
         except RetryableError as exc:
             logger.warning(
-                "Re-reading the task row for cleanup failed; using the claim-time read",
+                "Re-reading the task row for cleanup failed; using the earlier read",
                 extra={**_log_fields(event), "error": str(exc)},
             )
             metadata = claim.channel_metadata
@@ -863,6 +912,12 @@ def _channel_metadata_of(task_id: str, item: Mapping[str, Any] | None) -> Mappin
     if not isinstance(metadata, Mapping):
         raise MalformedRecordError(f"task {task_id} has no channel_metadata map")
     return metadata
+
+
+def _already_posted(event: TaskEvent, marker: str) -> Outcome:
+    logger.info("Slack message already posted for this marker; skipping", extra=_log_fields(event, marker))
+    _count("slack_deduplicated")
+    return Outcome.SKIPPED
 
 
 def _marker_state(value: Any) -> str:

@@ -70,8 +70,10 @@ QUEUED_EXPIRY = QUEUE_RETENTION.plus(Duration.hours(1))
 # What the runner does with its bucket: multipart upload (CreateMultipartUpload, UploadPart and
 # CompleteMultipartUpload are all authorised by s3:PutObject, as is the single PutObject of a
 # small export), abort on failure, and the presigned GET it signs (S3 checks the signer's
-# s3:GetObject when the URL is used). It never lists parts or buckets.
-OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload")
+# s3:GetObject when the URL is used), and deleting an export it finished after the sweeper had
+# already failed the job (the job says failed, so the object must not linger as a download).
+# It never lists parts or buckets.
+OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:DeleteObject")
 # Denied on every other bucket, so no policy attached later (a managed read-only policy, a
 # careless grant) can let the runner copy audit rows elsewhere or read other data.
 DENIED_ELSEWHERE = (
@@ -79,7 +81,6 @@ DENIED_ELSEWHERE = (
     "s3:ListMultipartUploadParts",
     "s3:GetObjectVersion",
     "s3:PutObjectAcl",
-    "s3:DeleteObject",
     "s3:DeleteObjectVersion",
     "s3:RestoreObject",
 )

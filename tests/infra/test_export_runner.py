@@ -65,7 +65,7 @@ CONSUME_ACTIONS = {
     "sqs:DeleteMessage",
     "sqs:GetQueueAttributes",
 }
-OBJECT_ACTIONS = {"s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"}
+OBJECT_ACTIONS = {"s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:DeleteObject"}
 SECRET_READ = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
 
 

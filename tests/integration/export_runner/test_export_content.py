@@ -1,5 +1,7 @@
 """What an export contains: every row of its scope, byte-exact values, nothing else."""
 
+import csv
+import io
 import json
 import uuid
 from datetime import timedelta
@@ -318,3 +320,41 @@ def test_secret_based_connections_follow_a_changed_secret(export_db: ExportDatab
     )
     with overridden.connect(application_name="test") as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("postgres",)
+
+
+def test_copy_parameters_are_merged_client_side_as_safe_literals(
+    export_db: ExportDatabase, exports_bucket: str
+) -> None:
+    """COPY takes no bind parameters: psycopg merges them as escaped literals. Prove it is safe."""
+    from psycopg import sql
+
+    from handlers.export_runner.exporter import stream_copy_to_s3
+
+    injections = [
+        "'; DROP TABLE compliance.audit_events; --",
+        "\\'; DROP TABLE compliance.audit_events; --",
+        "$$; DROP TABLE compliance.audit_events; $$",
+        "') TO PROGRAM 'touch /tmp/pwned'; --",
+        "%s %(value)s {value}",
+        "E'\\x27' || chr(39)",
+        "back\\slash\\",
+        'multi\nline\r\nvalue, "quoted"',
+    ]
+    statement = sql.SQL("COPY (SELECT %(value)s::text AS value) TO STDOUT WITH (FORMAT csv)")
+    with export_db.connect() as conn:
+        for index, value in enumerate(injections):
+            key = f"injection-{index}.csv"
+            stream_copy_to_s3(
+                conn,
+                statement,
+                {"value": value},
+                s3=s3_client(),
+                bucket=exports_bucket,
+                key=key,
+                content_type="text/csv",
+            )
+            body = client("s3").get_object(Bucket=exports_bucket, Key=key)["Body"].read().decode()
+            assert next(csv.reader(io.StringIO(body, newline=""))) == [value]
+        assert conn.execute("SELECT to_regclass('compliance.audit_events')::text").fetchone() == (
+            "compliance.audit_events",
+        )

@@ -13,10 +13,12 @@ from typing import Any
 import boto3
 import pytest
 
+from handlers.common.aws import client
 from handlers.common.config import ConfigurationError
-from tests.support.fanout_fixtures import GITHUB_TOKEN, PR_NUMBER, RECIPIENT, REPO, pr_task
+from tests.support.fanout_fixtures import GITHUB_SECRET_NAME, GITHUB_TOKEN, PR_NUMBER, RECIPIENT, REPO, pr_task
 from tests.support.fanout_stream import (
     EMAIL_SENDER,
+    REPO_TABLE,
     FanOutTables,
     fresh_handler_module,
     moto_sent_emails,
@@ -167,6 +169,68 @@ def test_repo_specific_token_is_used_when_the_repo_row_has_one(
     assert reported(response) == []
     assert {r.token for r in github.received()} == {"ghp_repo"}
     assert len(github.comments_on(REPO, PR_NUMBER)) == 1
+
+
+def test_a_cold_container_reads_the_token_secret_and_repo_row_once_for_a_whole_batch(
+    tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer
+) -> None:
+    secrets = boto3.client("secretsmanager", endpoint_url=aws.endpoint)
+    arn = secrets.create_secret(Name="bgagent/github/octo", SecretString='{"token": "ghp_repo"}')["ARN"]
+    tables.put_repo(REPO, github_token_secret_arn=arn)
+    github.accepted_tokens = {"ghp_repo"}
+    numbers = range(1, 13)  # twelve tasks of one repo start at once on the cold container
+    for number in numbers:
+        pr_task(tables, f"t-{number}", pr_number=number)
+        tables.put_event(f"t-{number}", "e1", "task_completed")
+    reads: list[str] = []
+
+    def count_secret_read(**_: Any) -> None:
+        reads.append("secret")
+
+    def count_repo_read(params: dict[str, Any], **_: Any) -> None:
+        if params.get("TableName") == REPO_TABLE:
+            reads.append("repo row")
+
+    # counted on the container's own (cached) clients, the ones the handler calls through
+    events = "before-parameter-build.secrets-manager.GetSecretValue", "before-parameter-build.dynamodb.GetItem"
+    client("secretsmanager").meta.events.register(events[0], count_secret_read)
+    client("dynamodb").meta.events.register(events[1], count_repo_read)
+
+    response = invoke(tables.next_batch())
+
+    assert reported(response) == []
+    assert all(len(github.comments_on(REPO, number)) == 1 for number in numbers)
+    assert {r.token for r in github.received()} == {"ghp_repo"}
+    assert sorted(reads) == ["repo row", "secret"]
+
+
+def test_a_token_rotation_met_by_many_tasks_at_once_rereads_the_secret_once(
+    tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer
+) -> None:
+    numbers = range(1, 13)
+    for number in numbers:
+        pr_task(tables, f"t-{number}", pr_number=number)
+        tables.put_event(f"t-{number}", "e1", "pr_created")
+    assert reported(invoke(tables.next_batch())) == []  # the old token is now cached in the container
+    boto3.client("secretsmanager", endpoint_url=aws.endpoint).put_secret_value(
+        SecretId=GITHUB_SECRET_NAME, SecretString="ghp_rotated"
+    )
+    github.accepted_tokens = {"ghp_rotated"}
+    for number in numbers:
+        tables.put_event(f"t-{number}", "e2", "task_completed")
+    reads: list[str] = []
+    client("secretsmanager").meta.events.register(
+        "before-parameter-build.secrets-manager.GetSecretValue", lambda **_: reads.append("secret")
+    )
+
+    response = invoke(tables.next_batch())  # every task meets the 401 with the old token
+
+    assert reported(response) == []
+    for number in numbers:
+        [comment] = github.comments_on(REPO, number)
+        assert "Completed" in comment
+    assert {r.token for r in github.received() if r.status == 200 and r.method == "PATCH"} == {"ghp_rotated"}
+    assert reads == ["secret"]  # read again once, not once per task that met the 401
 
 
 def test_per_task_overrides(tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer) -> None:

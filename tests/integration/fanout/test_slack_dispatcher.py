@@ -184,6 +184,35 @@ def test_without_a_thread_the_created_message_becomes_the_root(slack_world: Slac
     assert slack_world.stub.reactions(CHANNEL, root.ts) == {"x"}
 
 
+def test_without_a_thread_a_read_older_than_the_created_message_still_threads_under_it(
+    slack_world: SlackWorld,
+) -> None:
+    slack_world.put_task()
+    read_before_created = slack_world.task()  # e.g. an overlapping invocation confirmed it meanwhile
+    assert slack_world.deliver(make_event("task_created")) is Outcome.DELIVERED
+
+    # the claim itself returns the row, which shows the created message: no top-level post
+    assert slack_world.dispatcher.dispatch(make_event("session_started"), read_before_created) is Outcome.DELIVERED
+
+    [root] = [m for m in slack_world.stub.messages(CHANNEL) if m.thread_ts is None]
+    assert root.text == "Task created for octo/widgets"
+    assert [m.text for m in slack_world.stub.replies(CHANNEL, root.ts)] == ["Agent session started for octo/widgets"]
+    assert slack_world.stub.reactions(CHANNEL, root.ts) == {"hourglass_flowing_sand"}
+
+
+def test_a_duplicate_is_answered_from_the_row_without_the_bot_token(slack_world: SlackWorld) -> None:
+    slack_world.put_task(thread_ts=slack_world.mention())
+    event = make_event("task_created")
+    assert slack_world.deliver(event) is Outcome.DELIVERED
+    client("secretsmanager").delete_secret(SecretId=f"{SECRET_PREFIX}{TEAM}", ForceDeleteWithoutRecovery=True)
+
+    # a redelivery during a secret outage: the posted marker settles it, nothing to fail on
+    assert slack_world.fresh_container().dispatch(event, slack_world.task()) is Outcome.SKIPPED
+
+    assert len(slack_world.stub.calls_to("chat.postMessage")) == 1
+    assert len(slack_world.stub.messages(CHANNEL)) == 2  # the @mention and our one reply
+
+
 # -- what is not for Slack ------------------------------------------------------------------
 
 

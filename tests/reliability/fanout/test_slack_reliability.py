@@ -85,6 +85,19 @@ def test_a_second_terminal_event_is_deduplicated_against_the_first(slack_world: 
     assert slack_world.stub.reactions(CHANNEL, thread) == {"x"}
 
 
+def test_a_redelivery_whose_read_predates_the_confirm_is_deduplicated_by_the_claim(
+    slack_world: SlackWorld, thread: str
+) -> None:
+    event = make_event("task_completed")
+    read_before_confirm = slack_world.task()  # the redelivery read the row while the first attempt posted
+    assert slack_world.deliver(event) is Outcome.DELIVERED
+
+    assert slack_world.fresh_container().dispatch(event, read_before_confirm) is Outcome.SKIPPED
+
+    assert replies(slack_world, thread) == [COMPLETED]
+    assert slack_world.stub.reactions(CHANNEL, thread) == {"white_check_mark"}
+
+
 def test_agent_error_and_terminal_events_use_distinct_markers(slack_world: SlackWorld, thread: str) -> None:
     agent_error = make_event("agent_error", metadata={"error_type": "OOM"})
 

@@ -24,6 +24,10 @@ def test_timestamps_are_utc_with_microseconds_and_z() -> None:
     assert chain.parse_timestamp("2024-05-01T12:00:00.000250Z") == moment
 
 
+def test_years_are_always_four_digits_like_postgres_to_char() -> None:
+    assert chain.format_timestamp(datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == "0999-01-02T03:04:05.000006Z"
+
+
 def test_naive_timestamps_are_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         chain.format_timestamp(datetime(2024, 5, 1))
