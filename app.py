@@ -6,10 +6,10 @@ from __future__ import annotations
 import sys
 
 import aws_cdk as cdk
-from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks, NIST80053R5Checks, ServerlessChecks
 
-from infra.checks import EventDrivenChecks
+from infra.compliance import add_compliance_checks
 from infra.config import AppConfig, ConfigError, load_config
+from infra.stacks.export_runner_stack import ExportRunnerStack
 from infra.stacks.fanout_stack import FanOutStack
 
 
@@ -17,16 +17,8 @@ def build_app(app: cdk.App, config: AppConfig) -> cdk.App:
     if "fanout" in config.subsystems:
         FanOutStack(app, "FanOutConsumer", config=config.fanout, alarm_topic_arn=config.alarm_topic_arn)
     if "export_runner" in config.subsystems:
-        from infra.stacks.export_runner_stack import ExportRunnerStack
-
         ExportRunnerStack(app, "ExportRunner", config=config.export_runner, alarm_topic_arn=config.alarm_topic_arn)
-    cdk.Validations.of(app).add_plugins(
-        AwsSolutionsChecks(app, write_suppressions_to_cloud_formation=True),
-        ServerlessChecks(app, write_suppressions_to_cloud_formation=True),
-        NIST80053R5Checks(app, write_suppressions_to_cloud_formation=True),
-        HIPAASecurityChecks(app, write_suppressions_to_cloud_formation=True),
-        EventDrivenChecks(),
-    )
+    add_compliance_checks(app)
     return app
 
 
