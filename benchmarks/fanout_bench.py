@@ -24,7 +24,7 @@ claim and confirm, the GitHub comment id, the Slack terminal cleanup's re-read) 
 process -- not by the channels, and the printed floor says how far that lets any ratio go
 here. (Real DynamoDB serves the calls in parallel, off the function's CPU.)
 
-The stand-ins listen with a backlog of 128 connections (see ``listen_backlog``): with
+The stand-ins listen with a backlog of 128 connections (tests/support/http_stub.py): with
 socketserver's default of 5, the concurrent run -- and only it -- lost SYNs whenever 20
 workers connected at once, and each such call stalled for a 1 s retransmit.
 
@@ -38,7 +38,6 @@ import functools
 import io
 import os
 import re
-import socketserver
 import subprocess
 import sys
 import time
@@ -109,36 +108,15 @@ def moto_server_process() -> Iterator[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def listen_backlog(size: int) -> Iterator[None]:
-    """Servers created meanwhile accept ``size`` pending connections instead of socketserver's 5.
-
-    The stand-ins are ``ThreadingHTTPServer``s, and their clients (urllib, for Slack and
-    GitHub) open one connection per call. With the stock backlog of 5, twenty workers
-    connecting at once overflow the listen queue, the kernel drops the extra SYNs and each
-    such call stalls for the 1 s SYN retransmit: a limit of the stand-in that only the
-    concurrent run meets (the sequential one never has two connections pending), where a
-    real Slack, GitHub or SES endpoint has none. (werkzeug's server, under moto, already
-    listens with a backlog of 128.)
-    """
-    previous = socketserver.TCPServer.request_queue_size
-    socketserver.TCPServer.request_queue_size = size
-    try:
-        yield
-    finally:
-        socketserver.TCPServer.request_queue_size = previous
-
-
-@contextlib.contextmanager
 def local_world() -> Iterator[dict[str, Any]]:
     from tests.support.github_stub import GitHubStub
     from tests.support.ses_stub import SesStub
     from tests.support.slack_stub import SlackStub
 
     with moto_server_process() as (endpoint, moto_pid):
-        with listen_backlog(128):  # the servers listen as they are constructed
-            slack = SlackStub(delay_seconds=CHANNEL_DELAY_SECONDS).start()
-            github = GitHubStub(delay_seconds=CHANNEL_DELAY_SECONDS).start()
-            ses = SesStub(delay_seconds=CHANNEL_DELAY_SECONDS).start()
+        slack = SlackStub(delay_seconds=CHANNEL_DELAY_SECONDS).start()
+        github = GitHubStub(delay_seconds=CHANNEL_DELAY_SECONDS).start()
+        ses = SesStub(delay_seconds=CHANNEL_DELAY_SECONDS).start()
         try:
             yield {"endpoint": endpoint, "moto_pid": moto_pid, "slack": slack, "github": github, "ses": ses}
         finally:

@@ -19,13 +19,12 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.http_stub import HttpStub, StubRequest, StubResponse, json_response
 
 DROP_CONNECTION = 0  # scripted "status": close the socket without answering (a broken connection)
 _ISSUE_COMMENTS = re.compile(r"^/repos/(?P<repo>[^/]+/[^/]+)/issues/(?P<number>\d+)/comments$")
@@ -67,40 +66,15 @@ class _Rule:
         )
 
 
-class GitHubStub:
+class GitHubStub(HttpStub[ReceivedRequest]):
+    """``requests`` holds every request with the status answered, in arrival order."""
+
     def __init__(self, *, delay_seconds: float = 0.0) -> None:
-        self.delay_seconds = delay_seconds
+        super().__init__(name="github-stub", delay_seconds=delay_seconds)
         self.accepted_tokens: set[str] | None = None
-        self.requests: list[ReceivedRequest] = []
         self._comments: dict[int, Comment] = {}
         self._ids = itertools.count(1001)
         self._rules: list[_Rule] = []
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="github-stub", daemon=True
-        )
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> GitHubStub:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> GitHubStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- scripting and inspection -------------------------------------------------------------
 
@@ -153,10 +127,18 @@ class GitHubStub:
             return sorted(c.id for c in self._comments.values() if c.repo == repo and c.number == number)
 
     def received(self, method: str | None = None) -> list[ReceivedRequest]:
-        with self._lock:
-            return [r for r in self.requests if method is None or r.method == method]
+        return [r for r in self._recorded() if method is None or r.method == method]
 
     # -- HTTP ----------------------------------------------------------------------------------
+
+    def _respond(self, request: StubRequest) -> StubResponse:
+        body = json.loads(request.body) if request.body else None
+        token = request.bearer_token
+        status, payload, headers = self._answer(request.method, request.path, token, body)
+        self._record(ReceivedRequest(request.method, request.path, token, body, status))
+        if status == DROP_CONNECTION:
+            return StubResponse(status, drop_connection=True)
+        return json_response(status, payload, headers)
 
     def _answer(
         self, method: str, raw_path: str, token: str | None, body: dict[str, Any] | None
@@ -214,37 +196,3 @@ class GitHubStub:
             "body": comment.body,
             "html_url": f"https://github.com/{comment.repo}/issues/{comment.number}#issuecomment-{comment.id}",
         }
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
-                auth = self.headers.get("Authorization") or ""
-                token = auth.removeprefix("Bearer ").strip() or None
-                if stub.delay_seconds:
-                    time.sleep(stub.delay_seconds)
-                status, payload, headers = stub._answer(self.command, self.path, token, body)
-                with stub._lock:
-                    stub.requests.append(ReceivedRequest(self.command, self.path, token, body, status))
-                if status == DROP_CONNECTION:
-                    self.close_connection = True
-                    return
-                data = b"" if payload is None else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
-import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.http_stub import HttpStub, StubRequest, StubResponse, json_response
 
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
 
@@ -33,41 +32,23 @@ class SentMail:
     text: str
 
 
-class SesStub:
+class SesStub(HttpStub[StubRequest]):
+    """``requests`` holds every request as received, in arrival order."""
+
     def __init__(self, *, delay_seconds: float = 0.0) -> None:
-        self.delay_seconds = delay_seconds
+        super().__init__(name="ses-stub", delay_seconds=delay_seconds)
         self.sent: list[SentMail] = []
         self.refused: list[tuple[int, str]] = []  # (status, error code) of every scripted answer given
         self._errors: list[list[Any]] = []  # [status, code, remaining]
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="ses-stub", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> SesStub:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> SesStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def fail_next(self, status: int, code: str, *, times: int = 1) -> None:
         with self._lock:
             self._errors.append([status, code, times])
+
+    def _respond(self, request: StubRequest) -> StubResponse:
+        self._record(request)
+        return json_response(*self._answer(request.path, json.loads(request.body or b"{}")))
 
     def _answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self._lock:
@@ -92,27 +73,3 @@ class SesStub:
             )
             self.sent.append(mail)
             return 200, {"MessageId": mail.message_id}, {}
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if stub.delay_seconds:
-                    time.sleep(stub.delay_seconds)
-                status, payload, headers = stub._answer(self.path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler

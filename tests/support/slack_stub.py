@@ -15,15 +15,15 @@ queue is empty. Every call is recorded in arrival order.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
+
+from tests.support.http_stub import HttpStub, StubRequest, StubResponse, json_response
 
 
 @dataclass(frozen=True)
@@ -87,34 +87,20 @@ class Message:
     reactions: set[str] = field(default_factory=set)
 
 
-class SlackStub:
+class SlackStub(HttpStub[Call]):
+    protocol_version = "HTTP/1.1"
+
     def __init__(self, *, delay_seconds: float = 0.0) -> None:
-        self.delay_seconds = delay_seconds  # applied to every answer (the benchmark's slow channel)
-        self._lock = threading.Lock()
-        self._calls: list[Call] = []
+        super().__init__(name="slack-stub", delay_seconds=delay_seconds)
         self._messages: dict[tuple[str, str], Message] = {}  # (channel, ts) -> message
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._dm_channels: dict[str, str] = {}  # user id -> DM channel id
         self._last_ts_micros = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="slack-stub", daemon=True
-        )
-
-    # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
-
-    def start(self) -> SlackStub:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """The Web API root, as slack-sdk's ``base_url`` wants it."""
+        return f"{self.url}/api/"
 
     # -- arranging ---------------------------------------------------------------------------
 
@@ -145,8 +131,7 @@ class SlackStub:
 
     @property
     def calls(self) -> list[Call]:
-        with self._lock:
-            return list(self._calls)
+        return self._recorded()
 
     def calls_to(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
@@ -172,15 +157,25 @@ class SlackStub:
         self._last_ts_micros = micros
         return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
+    def _respond(self, request: StubRequest) -> StubResponse:
+        call = Call(
+            method=request.path.rsplit("/", 1)[-1].split("?", 1)[0],
+            token=request.bearer_token,
+            params=_parse_body(request.body.decode(), request.headers.get("Content-Type", "")),
+        )
+        status, headers, body = self._answer(call)
+        if isinstance(body, dict):
+            return json_response(status, body, headers, content_type="application/json; charset=utf-8")
+        return StubResponse(status, str(body).encode(), {"Content-Type": "text/html", **headers})
+
     def _answer(self, call: Call) -> tuple[int, dict[str, str], Any]:
         with self._lock:
-            self._calls.append(call)
+            self._record(call)
             scripted = self._scripts[call.method].popleft() if self._scripts[call.method] else Reply()
         if scripted.before is not None:
             scripted.before(call)
-        delay = self.delay_seconds + scripted.delay
-        if delay:
-            time.sleep(delay)
+        if scripted.delay:
+            time.sleep(scripted.delay)
         failing = scripted.error is not None or scripted.status != 200
         if failing and not scripted.deliver:
             return self._failure(call, scripted)
@@ -272,39 +267,6 @@ class SlackStub:
             rendered.append(item)
         cursor = str(start + limit) if more else ""
         return {"ok": True, "messages": rendered, "has_more": more, "response_metadata": {"next_cursor": cursor}}
-
-    # -- HTTP --------------------------------------------------------------------------------
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode() if length else ""
-                auth = self.headers.get("Authorization", "")
-                call = Call(
-                    method=self.path.rsplit("/", 1)[-1].split("?", 1)[0],
-                    token=auth.removeprefix("Bearer ").strip() or None,
-                    params=_parse_body(raw, self.headers.get("Content-Type", "")),
-                )
-                status, headers, body = stub._answer(call)
-                payload = (json.dumps(body) if isinstance(body, dict) else str(body)).encode()
-                self.send_response(status)
-                content_type = "application/json; charset=utf-8" if isinstance(body, dict) else "text/html"
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
 
 
 def _parse_body(raw: str, content_type: str) -> dict[str, Any]:
