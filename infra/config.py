@@ -205,13 +205,21 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
     email_sender = _optional_str(fanout, "email_sender", "fanout")
     if email_sender is not None and not _EMAIL.match(email_sender):
         raise ConfigError(f"context fanout.email_sender must be an email address, got {email_sender!r}")
+    alarm_topic_arn = _optional_arn(context, "alarm_topic_arn", "", "sns")
+    fanout_config = FanOutConfig(
+        slack_secret_prefix=_optional_str(fanout, "slack_secret_prefix", "fanout"),
+        github_token_secret_arn=_optional_arn(fanout, "github_token_secret_arn", "fanout", "secretsmanager"),
+        email_sender=email_sender,
+    )
+    export_runner_config = _export_runner(context)
+    if "fanout" in raw_subsystems and fanout_config == FanOutConfig():
+        raise ConfigError(
+            "context fanout: set at least one of slack_secret_prefix, github_token_secret_arn, email_sender "
+            "(or leave fanout out of subsystems)"
+        )
     return AppConfig(
         subsystems=tuple(dict.fromkeys(raw_subsystems)),
-        alarm_topic_arn=_optional_arn(context, "alarm_topic_arn", "", "sns"),
-        fanout=FanOutConfig(
-            slack_secret_prefix=_optional_str(fanout, "slack_secret_prefix", "fanout"),
-            github_token_secret_arn=_optional_arn(fanout, "github_token_secret_arn", "fanout", "secretsmanager"),
-            email_sender=email_sender,
-        ),
-        export_runner=_export_runner(context),
+        alarm_topic_arn=alarm_topic_arn,
+        fanout=fanout_config,
+        export_runner=export_runner_config,
     )

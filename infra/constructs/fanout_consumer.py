@@ -60,6 +60,20 @@ class FanOutConsumer(Construct):
             raise ValueError("FanOutConsumer: task_events_table must have a stream (NEW_IMAGE or NEW_AND_OLD_IMAGES)")
         if slack_secret_prefix is not None and not slack_secret_prefix.strip():
             raise ValueError("FanOutConsumer: slack_secret_prefix must not be empty")
+        # The handler refuses to start in these shapes (handlers/fanout/settings.py); saying so at
+        # synth is kinder than a function that fails every cold start after deploy.
+        if github_token_secret is None and slack_secret_prefix is None and email_sender is None:
+            raise ValueError(
+                "FanOutConsumer: configure at least one channel (slack_secret_prefix, github_token_secret "
+                "or email_sender); without one every event would be dropped"
+            )
+        if task_table is None:
+            raise ValueError("FanOutConsumer: task_table is required: every channel reads the task row")
+        if repo_table is not None and github_token_secret is None:
+            raise ValueError(
+                "FanOutConsumer: repo_table only serves the GitHub channel (per-repo tokens); "
+                "give github_token_secret too, or leave repo_table out"
+            )
 
         self.dlq = DeadLetterQueue(
             self, "Dlq", encryption_key=encryption_key, alarm_topic=alarm_topic, purpose="the task-event fan-out"

@@ -24,12 +24,14 @@ class FanOutStack(SubsystemStack):
             "TaskEventsTable", partition_key="task_id", sort_key="event_id", stream=dynamodb.StreamViewType.NEW_IMAGE
         )
         self.task_table = self._table("TaskTable", partition_key="task_id")
-        self.repo_table = self._table("RepoTable", partition_key="repo")
-        github_secret = (
-            secretsmanager.Secret.from_secret_complete_arn(self, "GitHubTokenSecret", config.github_token_secret_arn)
-            if config.github_token_secret_arn
-            else None
-        )
+        # The repo table maps a repository to its own GitHub token secret: it exists with GitHub.
+        github_secret = None
+        self.repo_table: dynamodb.Table | None = None
+        if config.github_token_secret_arn:
+            github_secret = secretsmanager.Secret.from_secret_complete_arn(
+                self, "GitHubTokenSecret", config.github_token_secret_arn
+            )
+            self.repo_table = self._table("RepoTable", partition_key="repo")
         self.fanout = FanOutConsumer(
             self,
             "FanOutConsumer",

@@ -38,7 +38,7 @@ def test_malformed_context_is_one_line_and_exit_1(tmp_path: Path, context: dict[
 
 
 def test_fanout_stack_synthesizes_with_every_pack(tmp_path: Path) -> None:
-    result = _run_app(tmp_path, {"subsystems": ["fanout"]})
+    result = _run_app(tmp_path, {"subsystems": ["fanout"], "fanout": {"slack_secret_prefix": "bgagent/slack/"}})
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert "FanOutConsumer" in manifest["artifacts"]

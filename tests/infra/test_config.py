@@ -9,8 +9,8 @@ import pytest
 from infra.config import ConfigError, load_config
 
 
-def test_defaults_enable_every_subsystem_with_no_integration() -> None:
-    config = load_config({})
+def test_defaults_enable_every_subsystem() -> None:
+    config = load_config({"fanout": {"email_sender": "agent@example.com"}})
     assert config.subsystems == ("fanout", "export_runner")
     assert config.alarm_topic_arn is None
     assert config.fanout.slack_secret_prefix is None
@@ -34,6 +34,7 @@ def test_values_are_read() -> None:
     ("context", "message"),
     [
         ({"subsystems": ["fanout", "mailer"]}, "unknown subsystem 'mailer'"),
+        ({"subsystems": ["fanout"]}, "context fanout: set at least one of slack_secret_prefix"),
         ({"subsystems": 3}, "must be a list"),
         ({"alarm_topic_arn": "ops-topic"}, "alarm_topic_arn must be an ARN of sns"),
         ({"alarm_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"}, "ARN of sns"),

@@ -798,12 +798,12 @@ def test_rejects_an_unbounded_or_too_small_concurrency() -> None:
 
 
 def test_config_reads_an_existing_database() -> None:
-    config = load_config({"export_runner": EXISTING}).export_runner
+    config = load_config({"subsystems": ["export_runner"], "export_runner": EXISTING}).export_runner
     assert config.existing_database is not None
     assert config.existing_database.port == 6543
     assert config.existing_database.subnet_ids == tuple(EXISTING["subnet_ids"])
     assert config.database_name == "compliance"
-    assert load_config({}).export_runner == ExportRunnerConfig()
+    assert load_config({"subsystems": ["export_runner"]}).export_runner == ExportRunnerConfig()
 
 
 @pytest.mark.parametrize(

@@ -45,8 +45,8 @@ def _template(**props: Any) -> Template:
 
 
 @pytest.fixture(scope="module")
-def bare() -> Template:
-    return _template()
+def email_only() -> Template:
+    return _template(task_table=True, email_sender="agent@example.com")
 
 
 @pytest.fixture(scope="module")
@@ -153,25 +153,44 @@ def test_dlq_encrypted_tls_only_with_alarms_routed(full: Template) -> None:
         assert alarm["Properties"]["AlarmActions"], "every alarm is routed to the topic"
 
 
-def test_alarms_have_no_action_without_a_topic(bare: Template) -> None:
-    for alarm in bare.find_resources("AWS::CloudWatch::Alarm").values():
+def test_alarms_have_no_action_without_a_topic(email_only: Template) -> None:
+    for alarm in email_only.find_resources("AWS::CloudWatch::Alarm").values():
         assert "AlarmActions" not in alarm["Properties"]
 
 
-def test_no_integration_means_no_env_and_no_grant(bare: Template) -> None:
-    (function,) = bare.find_resources("AWS::Lambda::Function").values()
+def test_channels_not_configured_bring_no_env_and_no_grant(email_only: Template) -> None:
+    (function,) = email_only.find_resources("AWS::Lambda::Function").values()
     variables = function["Properties"]["Environment"]["Variables"]
-    for name in (
-        "TASK_TABLE_NAME",
-        "REPO_TABLE_NAME",
-        "GITHUB_TOKEN_SECRET_ARN",
-        "SLACK_SECRET_PREFIX",
-        "EMAIL_SENDER",
-    ):
+    for name in ("REPO_TABLE_NAME", "GITHUB_TOKEN_SECRET_ARN", "SLACK_SECRET_PREFIX"):
         assert name not in variables
-    actions = _actions(bare)
-    assert not {a for a in actions if a.startswith(("secretsmanager:", "ses:"))}
-    assert not {"dynamodb:GetItem", "dynamodb:UpdateItem"} & actions
+    actions = _actions(email_only)
+    assert not {a for a in actions if a.startswith("secretsmanager:")}
+    assert {"dynamodb:GetItem", "dynamodb:UpdateItem", "ses:SendEmail"} <= actions
+
+
+def test_github_with_repo_table_reads_repo_rows_and_both_secrets() -> None:
+    template = _template(task_table=True, repo_table=True, github=True)
+    (function,) = template.find_resources("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["GITHUB_TOKEN_SECRET_ARN"] == GITHUB_SECRET_ARN
+    assert "REPO_TABLE_NAME" in variables
+    assert not {"SLACK_SECRET_PREFIX", "EMAIL_SENDER"} & set(variables)
+    rendered = json.dumps(_statements(template))
+    assert GITHUB_SECRET_ARN in rendered and "repotable" in rendered
+    assert "ses:SendEmail" not in _actions(template)
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"task_table": True}, "configure at least one channel"),
+        ({"email_sender": "agent@example.com"}, "task_table is required"),
+        ({"task_table": True, "repo_table": True, "email_sender": "a@example.com"}, "repo_table only serves"),
+    ],
+)
+def test_refuses_shapes_the_handler_cannot_start_with(props: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _template(**props)
 
 
 def test_each_integration_brings_its_env_and_grant(full: Template) -> None:
