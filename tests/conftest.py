@@ -14,6 +14,10 @@ from handlers.common.aws import reset_clients
 from tests.support.moto_server import MotoServer, start_moto_server
 from tests.support.postgres import PostgresCluster, start_postgres
 
+# Subsystem fixtures (moto tables, stubs, databases), registered once for every test layer
+# that needs them instead of re-exported from each layer's conftest.
+pytest_plugins = ["tests.support.fanout_fixtures", "tests.support.export_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:

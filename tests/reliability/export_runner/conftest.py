@@ -5,18 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.support.export_fixtures import (  # noqa: F401 - fixtures shared with the integration tests
-    ExportDatabase,
-    bulk_append,
-    export_db,
-    export_queue,
-    export_template,
-    exports_bucket,
-    fresh_database,
-    fresh_export_clients,
-    runner_env,
-    spaced_events,
-)
+from tests.support.export_fixtures import ExportDatabase, bulk_append, fresh_database, spaced_events
 from tests.support.postgres import PostgresCluster
 
 BIG_EXPORT_ROWS = 12_000
@@ -30,7 +19,7 @@ class BigExport:
 
 
 @pytest.fixture(scope="module")
-def big_export(postgres_cluster: PostgresCluster, export_template: str) -> Iterator[BigExport]:  # noqa: F811
+def big_export(postgres_cluster: PostgresCluster, export_template: str) -> Iterator[BigExport]:
     """One database per module holding an export large enough to fail in the middle of."""
     for db in fresh_database(postgres_cluster, export_template):
         tenant = uuid.uuid4()
