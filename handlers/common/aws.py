@@ -34,12 +34,6 @@ def client(service_name: str) -> Any:
     return boto3.session.Session().client(service_name, config=DEFAULT_RETRY_CONFIG)
 
 
-@functools.cache
-def resource(service_name: str) -> Any:
-    return boto3.session.Session().resource(service_name, config=DEFAULT_RETRY_CONFIG)
-
-
 def reset_clients() -> None:
     """Forget cached clients (after the endpoint or credentials in the environment change)."""
     client.cache_clear()
-    resource.cache_clear()
