@@ -38,10 +38,8 @@ import functools
 import io
 import os
 import re
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,50 +59,19 @@ EMAIL_SENDER = "bgagent@example.com"
 RECIPIENT = "dev@example.com"
 
 
-# The stock moto server with two emulator costs removed: werkzeug's per-request log line, and
-# moto listing its own package directory from disk on *every* request, while holding its global
-# dispatch lock (a third of its CPU per DynamoDB call). Both runs get the same faster emulator.
-MOTO_SERVER = """
-import functools, logging, sys
-import moto.backends
-listing = moto.backends.list_of_moto_modules
-moto.backends.list_of_moto_modules = functools.cache(lambda: tuple(listing()))
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
-from moto.server import main
-main(sys.argv[1:])
-"""
-
-
 @contextlib.contextmanager
 def moto_server_process() -> Iterator[tuple[str, int]]:
-    """moto server in its own process: its CPU must not compete for this process's GIL.
+    """The test harness's moto server (atomic DynamoDB, emulator overheads removed), in its own
+    process: its CPU must not compete for this process's GIL.
 
     (AWS itself is not on the Lambda's CPU either; with moto in-process, every DynamoDB call of
     every worker thread would queue behind moto's own Python code and measure moto, not us.)
     """
-    from tests.support.moto_server import free_port
+    from tests.support.moto_server import start_moto_server
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield endpoint, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with contextlib.contextmanager(start_moto_server)(own_process=True) as server:
+        assert server.pid is not None
+        yield server.endpoint, server.pid
 
 
 @contextlib.contextmanager

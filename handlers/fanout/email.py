@@ -12,13 +12,13 @@ Errors:
   ClientError fails the record, so it reaches the DLQ and can be redriven once IAM is fixed.
 
 Dedup: SES has no idempotency key, so a redelivered record (a sibling channel failed, the same
-batch delivered twice) must not mail twice. Each (task, event_id) gets a marker in the task row,
-``channel_metadata["email:<event_id>"]``, moved through a claim protocol:
+batch delivered twice) must not mail twice. Each (task, event_id) gets a claim in the task row,
+``channel_metadata["email:<event_id>"]``, on the shared claim primitive
+(``handlers.common.claims``: token, generation, lease in epoch milliseconds):
 
-1. claim: conditionally write ``{state: pending, token, lease_until}`` if there is no marker,
-   or the existing one is a pending claim whose lease has expired;
+1. claim (or take over an expired or released claim, conditional on the token seen);
 2. send;
-3. confirm: ``{state: sent, message_id}`` conditionally on our token still being the claim.
+3. confirm: terminal ``sent`` (with the message id) conditionally on our token.
 
 Windows:
 - crash after the claim, before the send: nothing was sent; the claim expires with its lease
@@ -44,8 +44,6 @@ Windows:
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -59,23 +57,30 @@ from botocore.exceptions import (
 )
 
 from handlers.common.aws import client
+from handlers.common.claims import (
+    Acquire,
+    Claim,
+    ClaimContentionError,
+    ClaimLocation,
+    ClaimRecord,
+    ClaimStore,
+    ClaimTargetMissingError,
+)
 from handlers.fanout.model import Outcome, RetryableError, TaskEvent
 from handlers.fanout.router import TaskNotFoundError
 from handlers.fanout.routing import EMAIL, TASK_COMPLETED, TASK_FAILED, email_recipients
 from handlers.fanout.settings import child_logger
 from handlers.fanout.task_row import (
     channel_metadata,
-    deserialize_item,
     ensure_channel_metadata,
-    is_conditional_check_failure,
 )
 
 logger = child_logger()
 
 # Longer than one SES call can take with boto3's retries (3 attempts x 10 s read timeout),
 # short enough that Lambda's bounded stream retries reach a re-claim after a crash.
-CLAIM_LEASE_SECONDS = 45
-PENDING, SENT, REJECTED = "pending", "sent", "rejected"
+CLAIM_LEASE_MS = 45_000
+SENT, REJECTED = "sent", "rejected"
 
 THROTTLING_CODES = frozenset(
     {
@@ -150,9 +155,10 @@ RENDERABLE_EVENTS: frozenset[str] = frozenset(RENDERERS)
 class EmailDispatcher:
     channel = EMAIL
 
-    def __init__(self, *, task_table_name: str, sender: str) -> None:
+    def __init__(self, *, task_table_name: str, sender: str, claim_store: ClaimStore | None = None) -> None:
         self._task_table = task_table_name
         self._sender = sender
+        self._claims = claim_store or ClaimStore()
 
     def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
         if event.event_type not in RENDERERS:
@@ -161,12 +167,13 @@ class EmailDispatcher:
         if not recipients:
             return Outcome.SKIPPED
         name = marker_name(event.event_id)
-        if _state(channel_metadata(task).get(name)) in (SENT, REJECTED):
+        seen = ClaimRecord.parse(channel_metadata(task).get(name))
+        if seen is not None and seen.is_terminal:
             return Outcome.SKIPPED  # fast path; the claim below is the authoritative check
 
         ensure_channel_metadata(self._task_table, task)
-        token = uuid.uuid4().hex
-        if not self._claim(event, name, token):
+        claim = self._claim(event, name, seen)
+        if claim is None:
             return Outcome.SKIPPED
         subject, text = RENDERERS[event.event_type](event, task)
         try:
@@ -181,101 +188,51 @@ class EmailDispatcher:
                 },
             )
         except ClientError as exc:
-            return self._after_error_response(event, name, token, exc)
+            return self._after_error_response(event, claim, exc)
         except (ReadTimeoutError, ConnectionClosedError) as exc:
             # Unknown whether SES sent it: the pending claim stays, its lease decides (see above).
             raise RetryableError(f"SES send for event {event.event_id} got no answer: {exc}") from exc
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            self._settle(event, name, token, None)  # never connected: nothing was sent
+            self._release(claim)  # never connected: nothing was sent
             raise RetryableError(f"SES could not be reached for event {event.event_id}: {exc}") from exc
         except BotoCoreError:
-            self._settle(event, name, token, None)  # failed before the request left (credentials...)
+            self._release(claim)  # failed before the request left (credentials...)
             raise
-        self._confirm(event, name, token, str(response.get("MessageId", "")))
+        self._confirm(claim, str(response.get("MessageId", "")))
         return Outcome.DELIVERED
 
     # -- claim protocol ---------------------------------------------------------------------
 
-    def _claim(self, event: TaskEvent, name: str, token: str) -> bool:
-        """True when we own the claim; False when the mail is already settled (sent/rejected)."""
-        now = int(time.time())
+    def _claim(self, event: TaskEvent, name: str, seen: ClaimRecord | None) -> Claim | None:
+        """Our claim on the mail; None when it is already settled (sent/rejected)."""
+        location = ClaimLocation(self._task_table, {"task_id": {"S": event.task_id}}, ("channel_metadata", name))
         try:
-            client("dynamodb").update_item(
-                TableName=self._task_table,
-                Key={"task_id": {"S": event.task_id}},
-                UpdateExpression="SET #cm.#m = :claim",
-                ConditionExpression=(
-                    "attribute_exists(task_id) AND (attribute_not_exists(#cm.#m) OR "
-                    "(#cm.#m.#state = :pending AND #cm.#m.#lease < :now))"
-                ),
-                ExpressionAttributeNames={
-                    "#cm": "channel_metadata",
-                    "#m": name,
-                    "#state": "state",
-                    "#lease": "lease_until",
-                },
-                ExpressionAttributeValues={
-                    ":claim": {
-                        "M": {
-                            "state": {"S": PENDING},
-                            "token": {"S": token},
-                            "lease_until": {"N": str(now + CLAIM_LEASE_SECONDS)},
-                            "claimed_at": {"N": str(now)},
-                        }
-                    },
-                    ":pending": {"S": PENDING},
-                    ":now": {"N": str(now)},
-                },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            result = self._claims.acquire(
+                location, lease_ms=CLAIM_LEASE_MS, attributes={"event_id": event.event_id}, seen=seen
             )
-            return True
-        except ClientError as exc:
-            if not is_conditional_check_failure(exc):
-                raise
-            old_item = exc.response.get("Item")
-        if not old_item:
-            raise TaskNotFoundError(f"task {event.task_id} disappeared before its email could be claimed")
-        current = channel_metadata(deserialize_item(old_item)).get(name)
-        state = _state(current)
-        if state in (SENT, REJECTED):
+        except ClaimTargetMissingError as exc:
+            raise TaskNotFoundError(f"task {event.task_id} disappeared before its email could be claimed") from exc
+        except ClaimContentionError as exc:
+            raise RetryableError(str(exc)) from exc
+        if result.status is Acquire.ACQUIRED:
+            return result.claim
+        current = result.current
+        if result.status is Acquire.SETTLED:
             logger.info(
                 "Email already settled for this event; not sending again",
-                extra={
-                    "channel": EMAIL,
-                    "state": state,
-                },
+                extra={"channel": EMAIL, "state": current.state if current else None},
             )
-            return False
-        lease_until = float(current.get("lease_until", now)) if isinstance(current, Mapping) else float(now)
+            return None
+        lease_left_ms = ((current.lease_until_ms if current else None) or 0) - self._claims.now_ms()
         raise RetryableError(
             f"email for event {event.event_id} is claimed by another delivery until its lease expires",
-            retry_after_seconds=max(1.0, lease_until - now),
+            retry_after_seconds=max(1.0, lease_left_ms / 1000),
         )
 
-    def _confirm(self, event: TaskEvent, name: str, token: str, message_id: str) -> None:
+    def _confirm(self, claim: Claim, message_id: str) -> None:
         try:
-            self._settle(
-                event,
-                name,
-                token,
-                {
-                    "state": {"S": SENT},
-                    "message_id": {"S": message_id},
-                    "sent_at": {"N": str(int(time.time()))},
-                },
-                raise_errors=True,
-            )
-        except ClientError as exc:
-            if is_conditional_check_failure(exc):
-                logger.warning(
-                    "Email claim was taken over before confirming; the mail may be sent twice",
-                    extra={
-                        "channel": EMAIL,
-                        "message_id": message_id,
-                        "error_id": "FANOUT_EMAIL_LEASE_LOST",
-                    },
-                )
-                return
+            result = self._claims.confirm(claim, state=SENT, attributes={"message_id": message_id})
+        except (ClientError, BotoCoreError) as exc:
             # The mail is out. Failing the record now would only make a retry wait out the lease
             # and send it again, so the record succeeds; the pending marker is left behind.
             logger.error(
@@ -287,57 +244,48 @@ class EmailDispatcher:
                     "error_id": "FANOUT_EMAIL_CONFIRM_FAILED",
                 },
             )
-
-    def _settle(
-        self,
-        event: TaskEvent,
-        name: str,
-        token: str,
-        value: Mapping[str, Any] | None,
-        *,
-        raise_errors: bool = False,
-    ) -> None:
-        """Replace (value) or release (None) our claim, only if it is still ours."""
-        update = "SET #cm.#m = :value" if value is not None else "REMOVE #cm.#m"
-        values: dict[str, Any] = {":token": {"S": token}}
-        if value is not None:
-            values[":value"] = {"M": dict(value)}
-        try:
-            client("dynamodb").update_item(
-                TableName=self._task_table,
-                Key={"task_id": {"S": event.task_id}},
-                UpdateExpression=update,
-                ConditionExpression="#cm.#m.#token = :token",
-                ExpressionAttributeNames={"#cm": "channel_metadata", "#m": name, "#token": "token"},
-                ExpressionAttributeValues=values,
+            return
+        if not result.ok:
+            logger.warning(
+                "Email claim was taken over before confirming; the mail may be sent twice",
+                extra={"channel": EMAIL, "message_id": message_id, "error_id": "FANOUT_EMAIL_LEASE_LOST"},
             )
-        except ClientError as exc:
-            if raise_errors:
-                raise
+
+    def _release(self, claim: Claim) -> None:
+        """SES took nothing: give the claim back so a retry sends at once."""
+        try:
+            self._claims.release(claim)
+        except (ClientError, BotoCoreError) as exc:
             # Releasing is an optimisation (the lease expires anyway); never mask the real error.
             logger.warning(
                 "Could not release the email claim; it expires with its lease",
-                extra={
-                    "channel": EMAIL,
-                    "error": str(exc),
-                },
+                extra={"channel": EMAIL, "error": str(exc)},
             )
 
-    def _after_error_response(self, event: TaskEvent, name: str, token: str, exc: ClientError) -> Outcome:
+    def _reject(self, claim: Claim, code: str) -> None:
+        try:
+            self._claims.confirm(claim, state=REJECTED, attributes={"error_code": code})
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning(
+                "Could not record the rejection; a retry after the lease asks SES again",
+                extra={"channel": EMAIL, "error": str(exc)},
+            )
+
+    def _after_error_response(self, event: TaskEvent, claim: Claim, exc: ClientError) -> Outcome:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in THROTTLING_CODES or status >= 500 or status == 429:
-            self._settle(event, name, token, None)  # SES refused: nothing was sent
+            self._release(claim)  # SES refused: nothing was sent
             retry_after = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
             raise RetryableError(
                 f"SES throttled or failed ({code or status}) for event {event.event_id}",
                 retry_after_seconds=_seconds(retry_after),
             ) from exc
         if code in DEPLOYMENT_CODES:
-            self._settle(event, name, token, None)
+            self._release(claim)
             raise exc
-        self._settle(event, name, token, {"state": {"S": REJECTED}, "error_code": {"S": code or str(status)}})
+        self._reject(claim, code or str(status))
         logger.error(
             "SES rejected the email; not retrying",
             extra={
@@ -349,13 +297,6 @@ class EmailDispatcher:
             },
         )
         return Outcome.TERMINAL_FAILURE
-
-
-def _state(marker: object) -> str | None:
-    if isinstance(marker, Mapping):
-        state = marker.get("state")
-        return state if isinstance(state, str) else None
-    return None
 
 
 def _seconds(raw: object) -> float | None:

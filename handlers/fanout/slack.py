@@ -108,21 +108,31 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import ConnectionErrorRetryHandler
 from slack_sdk.web import SlackResponse
 
+from handlers.common import claims
 from handlers.common.aws import client
+from handlers.common.claims import (
+    PENDING,
+    RELEASED,
+    Acquire,
+    ClaimContentionError,
+    ClaimLocation,
+    ClaimRecord,
+    ClaimStore,
+    ClaimTargetMissingError,
+    WriteResult,
+)
 from handlers.common.config import ConfigurationError
 from handlers.common.observability import METRICS_NAMESPACE
 from handlers.fanout.model import MalformedRecordError, Outcome, RetryableError, TaskEvent
@@ -139,7 +149,7 @@ from handlers.fanout.routing import (
     TERMINAL_EVENTS,
 )
 from handlers.fanout.slack_blocks import RENDERABLE_EVENTS, SlackMessage, render
-from handlers.fanout.task_row import deserialize_item, is_conditional_check_failure
+from handlers.fanout.task_row import deserialize_item
 
 SERVICE = "fanout"
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE), child=True)
@@ -172,7 +182,6 @@ MARKERS: Mapping[str, str] = {
     AGENT_ERROR: AGENT_ERROR_MARKER,
     **{event_type: TERMINAL_MARKER for event_type in SLACK_TERMINAL_EVENTS},
 }
-PENDING = "pending"
 POSTED = "posted"
 
 STATE_REACTIONS: Mapping[str, str] = {
@@ -208,9 +217,6 @@ POST_MARGIN_MS = 2_000
 LOOKUP_CLOCK_SKEW_MS = 60_000
 LOOKUP_PAGE_SIZE = 200
 LOOKUP_MAX_PAGES = 5
-MAX_CLAIM_WRITES = 5
-
-_serializer = TypeSerializer()
 
 
 class SlackConfigurationError(Exception):
@@ -283,14 +289,25 @@ class SlackFailure:
 
 @dataclass(frozen=True)
 class Claim:
+    """This attempt's hold on one marker (the shared claim primitive's lease) plus what it saw."""
+
+    lease: claims.Claim
     marker: str
-    token: str
-    lease_until_ms: int
-    first_claimed_at_ms: int
-    takeover: bool
     # The freshest whole view of the row's markers this attempt has: the row as the claim found
     # it when the claim asked for it (or failed), else the record-start read.
     channel_metadata: Mapping[str, Any]
+
+    @property
+    def takeover(self) -> bool:
+        return self.lease.takeover
+
+    @property
+    def lease_until_ms(self) -> int:
+        return self.lease.lease_until_ms
+
+    @property
+    def first_claimed_at_ms(self) -> int:
+        return self.lease.first_claimed_at_ms
 
 
 @dataclass(frozen=True)
@@ -317,6 +334,7 @@ class SlackDispatcher:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         http_timeout_seconds: int = DEFAULT_HTTP_TIMEOUT_SECONDS,
         claim_wait_seconds: float = DEFAULT_CLAIM_WAIT_SECONDS,
+        claim_store: ClaimStore | None = None,
     ) -> None:
         if not task_table_name:
             raise ConfigurationError("SlackDispatcher: TASK_TABLE_NAME is required (markers live in the task table)")
@@ -331,6 +349,7 @@ class SlackDispatcher:
         self._post_budget_ms = http_timeout_seconds * 1000 + POST_MARGIN_MS
         self._http_timeout = http_timeout_seconds
         self._claim_wait_s = claim_wait_seconds
+        self._claims = claim_store or ClaimStore()
         self._teams: dict[str, _TeamClients] = {}
         self._teams_lock = threading.Lock()
         self._secret_read_lock = threading.Lock()
@@ -452,121 +471,98 @@ class SlackDispatcher:
     def _claim(self, event: TaskEvent, marker: str, known: Mapping[str, Any], *, return_row: bool) -> Claim | Outcome:
         """Own ``marker`` for this attempt, or learn that the message was already posted.
 
-        ``known`` is ``channel_metadata`` as read at the start of the record. The first write
-        assumes the common case (no marker yet; a pending one there is re-checked by the write
-        anyway); a failed condition returns the row as it is, which decides the next step. A
-        won claim returns the old row only when ``return_row`` (see ``dispatch``). A claim
-        held by another attempt is waited for (polling, up to ``claim_wait_seconds``) rather
-        than failed at once: Lambda may redeliver a stream batch immediately, and a record that
-        fails on every redelivery while a crashed attempt's lease runs out would spend its
-        bounded retries and end in the on-failure destination.
+        ``known`` is ``channel_metadata`` as read at the start of the record: the claim's first
+        write assumes what it shows (usually: no marker yet); a failed condition returns the
+        row as it is, which decides the next step (``handlers.common.claims``). A won claim
+        returns the old row only when ``return_row`` (see ``dispatch``). A claim held by another
+        attempt is waited for (polling, up to ``claim_wait_seconds``) rather than failed at once:
+        Lambda may redeliver a stream batch immediately, and a record that fails on every
+        redelivery while a crashed attempt's lease runs out would spend its bounded retries and
+        end in the on-failure destination.
         """
+        location = self._location(event.task_id, marker)
         deadline = time.monotonic() + self._claim_wait_s
-        current: Mapping[str, Any] | None = None  # the marker as last seen; None = absent
-        for _ in range(MAX_CLAIM_WRITES):
-            now = _now_ms()
-            token = uuid.uuid4().hex
-            first_claimed_at = int(current.get("first_claimed_at_ms", now)) if current is not None else now
-            value = {
-                "state": PENDING,
-                "token": token,
-                "lease_until_ms": now + self._lease_ms,
-                "first_claimed_at_ms": first_claimed_at,
-                "event_id": event.event_id,
-                "event_type": event.event_type,
-            }
-            if current is None:
-                condition, values = "attribute_not_exists(#cm.#m)", {}
-            else:  # fencing: take over exactly the expired claim we saw, nobody else's
-                condition = "#cm.#m.#token = :previous AND #cm.#m.#state = :pending AND #cm.#m.#lease < :now"
-                values = {":previous": current.get("token"), ":pending": PENDING, ":now": now}
-            won, row = self._write_claim(
-                event.task_id, marker, condition, {":value": value, **values}, return_row=return_row
-            )
-            if row is not None:
-                known = row
-            if won:
-                if current is not None:
+        seen = ClaimRecord.parse(known.get(marker))
+        while True:
+            try:
+                result = self._claims.acquire(
+                    location,
+                    lease_ms=self._lease_ms,
+                    attributes={"event_id": event.event_id, "event_type": event.event_type},
+                    seen=seen,
+                    return_item=return_row,
+                )
+            except ClaimTargetMissingError as exc:
+                raise MalformedRecordError(f"task {event.task_id} disappeared from the task table") from exc
+            except (ClientError, BotoCoreError, ClaimContentionError) as exc:
+                raise RetryableError(f"claiming {marker} of task {event.task_id} failed: {exc}") from exc
+            if result.item is not None:
+                known = _channel_metadata_of(event.task_id, result.item)
+            if result.status is Acquire.ACQUIRED:
+                assert result.claim is not None
+                if result.claim.takeover:
                     logger.warning("Taking over an expired Slack claim", extra=_log_fields(event, marker))
-                return Claim(marker, token, now + self._lease_ms, first_claimed_at, current is not None, known)
-            current = known.get(marker)
-            while current is not None and _marker_state(current) == PENDING:
-                lease_left_ms = int(current.get("lease_until_ms", 0)) - _now_ms()
-                if lease_left_ms <= 0:
-                    break  # expired: try to take it over
-                wait_left = deadline - time.monotonic()
-                if wait_left <= 0:
-                    raise RetryableError(
-                        f"another attempt is posting {marker} for task {event.task_id}",
-                        retry_after_seconds=lease_left_ms / 1000,
-                    )
-                time.sleep(min(CLAIM_POLL_SECONDS, lease_left_ms / 1000, wait_left))
-                current = self._read_markers(event.task_id, marker).get(marker)
-            if current is not None and _marker_state(current) != PENDING:
+                return Claim(result.claim, marker, known)
+            if result.status is Acquire.SETTLED:
                 return _already_posted(event, marker)
-        raise RetryableError(f"marker {marker} of task {event.task_id} keeps changing under us")
+            seen = self._wait_while_held(event, location, result.current, deadline)
 
-    def _write_claim(
-        self, task_id: str, marker: str, condition: str, values: Mapping[str, Any], *, return_row: bool
-    ) -> tuple[bool, Mapping[str, Any] | None]:
-        """Conditional claim write; returns (won, channel_metadata as it was before / as it is).
+    def _wait_while_held(
+        self, event: TaskEvent, location: ClaimLocation, held: ClaimRecord | None, deadline: float
+    ) -> ClaimRecord | None:
+        """Poll a live claim of another attempt until it settles or its lease runs out."""
+        current = held
+        while current is not None and current.is_live(self._claims.now_ms()):
+            lease_left_ms = (current.lease_until_ms or 0) - self._claims.now_ms()
+            wait_left = deadline - time.monotonic()
+            if wait_left <= 0:
+                raise RetryableError(
+                    f"another attempt is posting {location.path[-1]} for task {event.task_id}",
+                    retry_after_seconds=max(lease_left_ms, 0) / 1000,
+                )
+            time.sleep(max(0.0, min(CLAIM_POLL_SECONDS, lease_left_ms / 1000, wait_left)))
+            try:
+                current = self._claims.read(location)
+            except (ClientError, BotoCoreError) as exc:
+                raise RetryableError(f"task table read failed for task {event.task_id}: {exc}") from exc
+        return current
 
-        A won claim returns the old row only when ``return_row``: the whole item comes back,
-        and the row is read and written on every event of the task anyway. (The success
-        condition already proves the row exists.)
-        """
-        try:
-            response = client("dynamodb").update_item(
-                TableName=self._table,
-                Key={"task_id": {"S": task_id}},
-                UpdateExpression="SET #cm.#m = :value",
-                ConditionExpression=f"attribute_exists(task_id) AND ({condition})",
-                ExpressionAttributeNames=_expression_names(marker, "SET #cm.#m = :value", condition),
-                ExpressionAttributeValues={name: _serializer.serialize(value) for name, value in values.items()},
-                ReturnValues="ALL_OLD" if return_row else "NONE",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-            return True, (_channel_metadata_of(task_id, response.get("Attributes")) if return_row else None)
-        except ClientError as exc:
-            if is_conditional_check_failure(exc):
-                return False, _channel_metadata_of(task_id, exc.response.get("Item"))
-            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
+    def _location(self, task_id: str, marker: str) -> ClaimLocation:
+        return ClaimLocation(self._table, {"task_id": {"S": task_id}}, ("channel_metadata", marker))
 
     def _confirm(
         self, event: TaskEvent, team: _TeamClients, claim: Claim, posted: _Posted, root: _Posted | None
     ) -> Outcome:
-        value = {
-            "state": POSTED,
-            "token": claim.token,
-            "ts": posted.ts,
-            "channel": posted.channel,
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "first_claimed_at_ms": claim.first_claimed_at_ms,
-            "posted_at_ms": _now_ms(),
-        }
-        if self._write_marker(
-            event.task_id,
-            claim.marker,
-            "SET #cm.#m = :value",
-            "#cm.#m.#token = :token AND #cm.#m.#state = :pending",
-            {":value": value, ":token": claim.token, ":pending": PENDING},
-        ):
+        try:
+            result = self._claims.confirm(
+                claim.lease,
+                state=POSTED,
+                attributes={"ts": posted.ts, "channel": posted.channel, "posted_at_ms": self._claims.now_ms()},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise RetryableError(f"task table write failed for task {event.task_id}: {exc}") from exc
+        if result.ok:
             logger.info("Slack message delivered", extra={**_log_fields(event, claim.marker), "ts": posted.ts})
             _count("slack_posted")
             return Outcome.DELIVERED
-        return self._lost_confirm(event, team, claim, posted, root)
+        return self._lost_confirm(event, team, claim, posted, root, result.current)
 
     def _lost_confirm(
-        self, event: TaskEvent, team: _TeamClients, claim: Claim, posted: _Posted, root: _Posted | None
+        self,
+        event: TaskEvent,
+        team: _TeamClients,
+        claim: Claim,
+        posted: _Posted,
+        root: _Posted | None,
+        current: ClaimRecord | None,
     ) -> Outcome:
-        """Our fencing token is no longer the marker's: someone took the claim over meanwhile."""
-        current = self._read_markers(event.task_id, claim.marker).get(claim.marker)
+        """Our fencing token is no longer the marker's: someone took the claim over meanwhile.
+
+        ``current`` is the marker as the failed confirm found it (no read of its own).
+        """
         fields = {**_log_fields(event, claim.marker), "ts": posted.ts}
-        if current is not None and _marker_state(current) == POSTED:
-            if current.get("ts") == posted.ts:
+        if current is not None and current.state == POSTED:
+            if current.attributes.get("ts") == posted.ts:
                 logger.info("Another attempt confirmed our message", extra=fields)
                 return Outcome.DELIVERED
             logger.info("Lost the conditional write: deleting the duplicate just posted", extra=fields)
@@ -574,7 +570,8 @@ class SlackDispatcher:
                 _count("slack_duplicate_deleted")
             else:
                 _count("slack_duplicate_delete_failed")
-            ours, theirs = STATE_REACTIONS.get(event.event_type), STATE_REACTIONS.get(str(current.get("event_type")))
+            ours = STATE_REACTIONS.get(event.event_type)
+            theirs = STATE_REACTIONS.get(str(current.attributes.get("event_type")))
             if root is not None and ours and ours != theirs:
                 self._react(team.helper.reactions_remove, root, ours, "no_reaction", event)
             return Outcome.SKIPPED
@@ -586,59 +583,24 @@ class SlackDispatcher:
         return Outcome.DELIVERED
 
     def _release(self, task_id: str, claim: Claim) -> None:
-        """Nothing was posted: remove our claim so the redelivery claims afresh."""
-        self._write_marker(
-            task_id, claim.marker, "REMOVE #cm.#m", "#cm.#m.#token = :token", {":token": claim.token}, best_effort=True
-        )
+        """Nothing was posted: give the claim back so the redelivery claims afresh."""
+        self._best_effort(task_id, claim, lambda: self._claims.release(claim.lease))
 
     def _expire(self, task_id: str, claim: Claim, grace_ms: int = MAYBE_POSTED_GRACE_MS) -> None:
         """End our lease (after ``grace_ms``): the redelivery takes over and looks before posting."""
-        self._write_marker(
-            task_id,
-            claim.marker,
-            "SET #cm.#m.#lease = :until",
-            "#cm.#m.#token = :token AND #cm.#m.#state = :pending",
-            {":until": _now_ms() + grace_ms, ":token": claim.token, ":pending": PENDING},
-            best_effort=True,
-        )
+        self._best_effort(task_id, claim, lambda: self._claims.expire(claim.lease, grace_ms=grace_ms))
 
-    def _write_marker(
-        self,
-        task_id: str,
-        marker: str,
-        update: str,
-        condition: str,
-        values: Mapping[str, Any],
-        *,
-        best_effort: bool = False,
-    ) -> bool:
-        """Conditional marker write; False when the condition failed (someone else's write won)."""
-        request: dict[str, Any] = {
-            "TableName": self._table,
-            "Key": {"task_id": {"S": task_id}},
-            "UpdateExpression": update,
-            "ConditionExpression": f"attribute_exists(task_id) AND ({condition})",
-            "ExpressionAttributeNames": _expression_names(marker, update, condition),
-        }
-        if values:
-            request["ExpressionAttributeValues"] = {k: _serializer.serialize(v) for k, v in values.items()}
+    @staticmethod
+    def _best_effort(task_id: str, claim: Claim, write: Callable[[], WriteResult]) -> None:
+        # Releasing or shortening a lease only saves the next attempt some waiting: the lease
+        # expires on its own, so a failure here must not mask the error being handled.
         try:
-            client("dynamodb").update_item(**request)
-            return True
-        except ClientError as exc:
-            if is_conditional_check_failure(exc):
-                return False
-            if best_effort:
-                logger.warning(
-                    "Could not update the Slack marker; its lease will expire on its own",
-                    extra={"task_id": task_id, "marker": marker, "error": str(exc)},
-                )
-                return False
-            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
-        except BotoCoreError as exc:
-            if best_effort:
-                return False
-            raise RetryableError(f"task table write failed for task {task_id}: {exc}") from exc
+            write()
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning(
+                "Could not update the Slack marker; its lease will expire on its own",
+                extra={"task_id": task_id, "marker": claim.marker, "error": str(exc)},
+            )
 
     def _read_markers(self, task_id: str, *markers: str) -> Mapping[str, Any]:
         """``markers`` as stored now (consistent read: markers written a moment ago are seen).
@@ -674,7 +636,7 @@ class SlackDispatcher:
         thread_ts: str | None,
         claim: Claim,
     ) -> _Posted | Outcome:
-        if claim.lease_until_ms - _now_ms() < self._post_budget_ms:
+        if claim.lease_until_ms - self._claims.now_ms() < self._post_budget_ms:
             # A post started now could still be running when another attempt takes over.
             # Nothing was posted by us; the lease is ended (not released) so that the next
             # attempt still looks for an earlier attempt's message first.
@@ -898,17 +860,9 @@ def parse_bot_token(secret_string: str | None) -> str:
     return raw
 
 
-def _expression_names(marker: str, *expressions: str) -> dict[str, str]:
-    """The attribute-name placeholders the expressions use (DynamoDB rejects unused ones)."""
-    names = {"#cm": "channel_metadata", "#m": marker, "#token": "token", "#state": "state", "#lease": "lease_until_ms"}
-    return {placeholder: name for placeholder, name in names.items() if any(placeholder in e for e in expressions)}
-
-
-def _channel_metadata_of(task_id: str, item: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """``channel_metadata`` of a raw DynamoDB item; the row vanishing mid-dispatch is malformed input."""
-    if not item:
-        raise MalformedRecordError(f"task {task_id} disappeared from the task table during Slack dispatch")
-    metadata = deserialize_item(item).get("channel_metadata")
+def _channel_metadata_of(task_id: str, item: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``channel_metadata`` of the row as a claim write returned it (plain values)."""
+    metadata = item.get("channel_metadata")
     if not isinstance(metadata, Mapping):
         raise MalformedRecordError(f"task {task_id} has no channel_metadata map")
     return metadata
@@ -923,8 +877,9 @@ def _already_posted(event: TaskEvent, marker: str) -> Outcome:
 def _marker_state(value: Any) -> str:
     # Anything that is not a map with a known state (e.g. a legacy ``true``) counts as posted:
     # when in doubt, a skipped notification is recoverable from the logs, a duplicate is not.
-    if isinstance(value, Mapping) and value.get("state") == PENDING:
-        return PENDING
+    # A released marker (an attempt that posted nothing gave it back) is claimable again.
+    if isinstance(value, Mapping) and value.get("state") in (PENDING, RELEASED):
+        return str(value["state"])
     return POSTED
 
 
@@ -959,10 +914,6 @@ def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
 def _text(value: Any) -> str | None:
     text = str(value).strip() if value is not None else ""
     return text or None
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _log_fields(event: TaskEvent, marker: str | None = None) -> dict[str, Any]:

@@ -255,7 +255,8 @@ def test_every_terminal_slack_error_is_swallowed_as_terminal_failure(
 
         assert outcome is Outcome.TERMINAL_FAILURE, code
         assert slack_world.stub.replies(CHANNEL, root) == [], code
-        assert slack_world.marker(code, TERMINAL_MARKER) is None, code  # released: a later terminal may post
+        marker = slack_world.marker(code, TERMINAL_MARKER)
+        assert marker is not None and marker["state"] == "released", code  # a later terminal may post
     logged = slack_logs.values("slack_error")
     assert logged == sorted(TERMINAL_SLACK_ERRORS)
 
@@ -300,7 +301,8 @@ def test_transient_slack_errors_are_retryable_and_post_nothing(
     assert slack_world.stub.replies(CHANNEL, root) == []
     marker = slack_world.marker("task-1", TERMINAL_MARKER)
     # released (definitely not posted) or lease cut to the grace (Slack may have stored it)
-    assert marker is None or marker["lease_until_ms"] <= time.time() * 1000 + MAYBE_POSTED_GRACE_MS
+    assert marker is not None
+    assert marker["state"] == "released" or marker["lease_until_ms"] <= time.time() * 1000 + MAYBE_POSTED_GRACE_MS
     assert raised.value.retry_after_seconds == reply.retry_after
     assert slack_logs.values("retry_after_seconds") == [reply.retry_after]
 

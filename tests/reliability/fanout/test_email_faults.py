@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from handlers.common.aws import reset_clients
-from handlers.fanout.email import CLAIM_LEASE_SECONDS
+from handlers.fanout.email import CLAIM_LEASE_MS
 from tests.support.fanout_fixtures import RECIPIENT
 from tests.support.fanout_stream import (
     EMAIL_SENDER,
@@ -71,7 +71,8 @@ def test_ses_throttling_and_5xx_are_retried_and_the_mail_is_sent_once(
 
     assert reported(first) == sequence_numbers(event)
     assert ses.sent == [] and ses.refused == [(status, code)] * 3
-    assert email_marker(tables, "t-1", "e1") is None  # claim released: SES sent nothing
+    marker = email_marker(tables, "t-1", "e1")
+    assert marker is not None and marker["state"] == "released"  # SES sent nothing: claimable at once
 
     second = invoke(redelivery(event, first))
 
@@ -120,7 +121,7 @@ def test_a_live_pending_claim_holds_the_record_with_retry_after(
     tables: FanOutTables, invoke: Invoke, aws: MotoServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Another invocation claimed the mail a moment ago and may be sending it right now.
-    now = int(time.time())
+    now = int(time.time() * 1000)
     email_task(
         tables,
         "t-1",
@@ -128,8 +129,9 @@ def test_a_live_pending_claim_holds_the_record_with_retry_after(
             "email:e1": {
                 "state": "pending",
                 "token": "other",
-                "lease_until": now + CLAIM_LEASE_SECONDS,
-                "claimed_at": now,
+                "generation": 1,
+                "lease_until_ms": now + CLAIM_LEASE_MS,
+                "claimed_at_ms": now,
             }
         },
     )
@@ -141,7 +143,7 @@ def test_a_live_pending_claim_holds_the_record_with_retry_after(
     assert reported(response) == sequence_numbers(event)
     assert moto_sent_emails(aws.endpoint) == []
     warning = next(r for r in caplog.records if getattr(r, "channel", None) == "email")
-    assert 0 < warning.__dict__["retry_after_seconds"] <= CLAIM_LEASE_SECONDS
+    assert 0 < warning.__dict__["retry_after_seconds"] <= CLAIM_LEASE_MS / 1000
 
 
 def test_an_expired_claim_is_taken_over_and_the_mail_sent(
@@ -150,7 +152,7 @@ def test_an_expired_claim_is_taken_over_and_the_mail_sent(
     # An invocation claimed the mail and crashed (before or after SES accepted it -- we cannot
     # know). After the lease a redelivery sends it: never lost, possibly twice (the documented
     # at-least-once edge; SES has no idempotency key).
-    long_ago = int(time.time()) - 10 * CLAIM_LEASE_SECONDS
+    long_ago = int(time.time() * 1000) - 10 * CLAIM_LEASE_MS
     email_task(
         tables,
         "t-1",
@@ -158,8 +160,9 @@ def test_an_expired_claim_is_taken_over_and_the_mail_sent(
             "email:e1": {
                 "state": "pending",
                 "token": "crashed",
-                "lease_until": long_ago + CLAIM_LEASE_SECONDS,
-                "claimed_at": long_ago,
+                "generation": 1,
+                "lease_until_ms": long_ago + CLAIM_LEASE_MS,
+                "claimed_at_ms": long_ago,
             }
         },
     )
