@@ -14,13 +14,14 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export CDK_DISABLE_VERSION_CHECK := true
 CDK := $(CURDIR)/node_modules/.bin/cdk --no-notices --no-version-reporting
 
-.PHONY: help synth test lint unit infra integration reliability bench deploy diff lock-lambda clean
+.PHONY: help synth test lint unit infra integration reliability bench soak deploy diff lock-lambda clean
 
 help:
 	@echo "make synth   cdk synth of every stack with all compliance packs enforced"
 	@echo "make test    lint, type checks and every test layer (unit, infra, integration, reliability)"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks (not part of the tests)"
+	@echo "make soak    the randomized claim schedules at length (10,000)"
 	@echo "make deploy  cdk deploy --all (set AWS_PROFILE)"
 
 $(VENV)/.synth-installed: requirements-cdk.txt constraints.txt
@@ -30,6 +31,15 @@ $(VENV)/.synth-installed: requirements-cdk.txt constraints.txt
 
 $(VENV)/.dev-installed: $(VENV)/.synth-installed requirements-dev.txt requirements-lambda.txt constraints.txt
 	$(PIP) install -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+# checkov (tests/infra/test_checkov.py scans the synthesized templates) in its own virtualenv:
+# its dependency tree conflicts with constraints.txt. Exactly the pinned set, then checked whole.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip --disable-pip-version-check --quiet install --no-deps -r requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/python -m pip --disable-pip-version-check check
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -53,6 +63,10 @@ lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy handlers infra
 
+# Under make, a missing checkov fails the scan instead of skipping it.
+test infra: $(CHECKOV_VENV)/.installed
+test infra: export CHECKOV_BIN := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
+
 test: $(VENV)/.dev-installed node_modules/.installed $(PG_BIN)/initdb lint
 	PG_BIN=$(PG_BIN) $(PY) -m pytest tests
 
@@ -61,6 +75,11 @@ unit infra integration reliability: $(VENV)/.dev-installed node_modules/.install
 
 bench: $(VENV)/.dev-installed $(PG_BIN)/initdb
 	$(PY) -m benchmarks
+
+# The randomized fault schedules at length: `make test` runs 300 claim schedules, this 10,000
+# (CLAIM_SCHEDULE_SEED=<n> explores other schedules; a failing one is printed for replay).
+soak: $(VENV)/.dev-installed
+	CLAIM_SCHEDULES=$${CLAIM_SCHEDULES:-10000} $(PY) -m pytest tests/reliability/common/test_claim_schedules.py -q
 
 deploy: synth
 	$(CDK) deploy --all --app cdk.out $(if $(AWS_PROFILE),--profile $(AWS_PROFILE))

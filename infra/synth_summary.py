@@ -1,9 +1,10 @@
 """Print one short summary of a synthesized cloud assembly: stacks, resources, acknowledgements.
 
 Acknowledgements are read back from the templates' ``cdk_nag`` metadata (written because every
-pack is registered with ``write_suppressions_to_cloud_formation``), so the summary shows what a
-reviewer of ``cdk.out`` sees. An acknowledgement made on a construct is inherited by its
-children; it is counted once per (construct path prefix, rule), i.e. once per distinct reason.
+pack is registered with ``write_suppressions_to_cloud_formation``) and ``checkov.skip`` metadata
+(written by ``infra.acknowledge`` for checkov ids), so the summary shows what a reviewer of
+``cdk.out`` sees. An acknowledgement made on a construct is inherited by its children; it is
+counted once per (construct path prefix, rule), i.e. once per distinct reason.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ PACK_PREFIXES = {
     "NIST.800.53.R5-": "NIST 800-53 R5",
     "HIPAA.Security-": "HIPAA Security",
     "EventDriven-": "EventDrivenChecks",
+    "CKV_": "checkov",
+    "CKV2_": "checkov",
 }
 
 
@@ -44,6 +47,10 @@ def summarize(assembly: Path) -> dict[str, Any]:
             (rule["id"], rule["reason"])
             for resource in resources.values()
             for rule in resource.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", [])
+        } | {
+            (skip["id"], skip["comment"])
+            for resource in resources.values()
+            for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
         }
         stacks[name] = {
             "resources": len(resources),

@@ -85,11 +85,10 @@ DENIED_ELSEWHERE = (
     "s3:RestoreObject",
 )
 # ENI management Lambda performs with the execution role when the function is in a VPC (what
-# the AWS managed AWSLambdaVPCAccessExecutionRole holds, minus its log permissions).
-VPC_ACCESS_ACTIONS = (
-    "ec2:CreateNetworkInterface",
-    "ec2:DescribeNetworkInterfaces",
-    "ec2:DescribeSubnets",
+# the AWS managed AWSLambdaVPCAccessExecutionRole holds, minus its log permissions). The two
+# Describe actions have no resource-level permissions; the others are scoped (_grant_vpc_access).
+VPC_DESCRIBE_ACTIONS = ("ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets")
+NETWORK_INTERFACE_ACTIONS = (
     "ec2:DeleteNetworkInterface",
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
@@ -363,6 +362,12 @@ class ExportRunner(Construct):
                 "S3 server access logging can only deliver to a bucket encrypted with S3-managed keys (SSE-S3); "
                 "a KMS default encryption on this log bucket would stop log delivery.",
             )
+        acknowledge(
+            self.access_log_bucket,
+            "CKV_AWS_18",
+            "This is the access-log bucket of the exports bucket: logging its own requests into itself would log "
+            "every log delivery without end, and a further log bucket would only move the same finding there.",
+        )
         for rule_id in ("NIST.800.53.R5-S3BucketReplicationEnabled", "HIPAA.Security-S3BucketReplicationEnabled"):
             acknowledge(
                 self.access_log_bucket,
@@ -641,8 +646,32 @@ class ExportRunner(Construct):
         self._acknowledge_function_wildcards(self.runner)
 
     def _grant_vpc_access(self, function: HandlerFunction) -> None:
-        """Lambda creates and deletes the function's network interfaces with its execution role."""
-        function.role.add_to_principal_policy(iam.PolicyStatement(actions=list(VPC_ACCESS_ACTIONS), resources=["*"]))
+        """Lambda creates and deletes the function's network interfaces with its execution role.
+
+        It may create them only in the functions' subnets with their security group; the
+        interfaces get their ids at run time, so deleting them and assigning their IPs name every
+        network interface of this account and region (Lambda's guide scopes DeleteNetworkInterface
+        the same way, by account and region).
+        """
+        stack = Stack.of(self)
+        network_interfaces = stack.format_arn(service="ec2", resource="network-interface", resource_name="*")
+        subnets = [
+            stack.format_arn(service="ec2", resource="subnet", resource_name=subnet_id)
+            for subnet_id in _subnet_ids(self.vpc, self.function_subnets)
+        ]
+        security_group = stack.format_arn(
+            service="ec2", resource="security-group", resource_name=self.function_security_group.security_group_id
+        )
+        role = function.role
+        role.add_to_principal_policy(iam.PolicyStatement(actions=list(VPC_DESCRIBE_ACTIONS), resources=["*"]))
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["ec2:CreateNetworkInterface"], resources=[network_interfaces, *subnets, security_group]
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=list(NETWORK_INTERFACE_ACTIONS), resources=[network_interfaces])
+        )
 
     def _grant_secret_read(self, role: iam.IRole) -> None:
         self.database_secret.grant_read(role)
@@ -775,11 +804,22 @@ class ExportRunner(Construct):
         self._acknowledge_function_wildcards(self.sweeper)
 
     def _acknowledge_function_wildcards(self, function: HandlerFunction) -> None:
+        stack = Stack.of(self)
+        policy = function.role.node.find_child("DefaultPolicy")
         acknowledge(
-            function.role.node.find_child("DefaultPolicy"),
+            policy,
             "AwsSolutions-IAM5[Resource::*]",
-            "X-Ray PutTraceSegments/PutTelemetryRecords and the network-interface actions Lambda performs to "
-            "place the function in its VPC have no resource-level scoping; every other action names its resource.",
+            "X-Ray PutTraceSegments/PutTelemetryRecords and the DescribeNetworkInterfaces/DescribeSubnets calls "
+            "Lambda makes to place the function in its VPC have no resource-level scoping; every other action "
+            "names its resource.",
+        )
+        network_interfaces = stack.format_arn(service="ec2", resource="network-interface", resource_name="*")
+        acknowledge(
+            policy,
+            f"AwsSolutions-IAM5[Resource::{_flattened(stack.resolve(network_interfaces))}]",
+            "Lambda creates the function's network interfaces at deploy and scale time, so their ids are unknown "
+            "here; creation is limited to the functions' subnets and security group, and deletion and IP "
+            "assignment to network interfaces of this account and region.",
         )
 
     # --- Grants for callers --------------------------------------------------------------------
@@ -801,6 +841,19 @@ def _subnets(subnets: list[ec2.ISubnet], purpose: str) -> ec2.SubnetSelection:
     if not subnets:
         raise ValueError(f"ExportRunner: the VPC has no private or isolated subnet for {purpose}")
     return ec2.SubnetSelection(subnets=subnets)
+
+
+def _subnet_ids(vpc: ec2.IVpc, selection: ec2.SubnetSelection) -> list[str]:
+    if selection.subnets is not None:
+        # Read as given: jsii cannot return a selection of subnets imported without their AZ.
+        return [subnet.subnet_id for subnet in selection.subnets]
+    return vpc.select_subnets(
+        availability_zones=selection.availability_zones,
+        one_per_az=selection.one_per_az,
+        subnet_filters=selection.subnet_filters,
+        subnet_group_name=selection.subnet_group_name,
+        subnet_type=selection.subnet_type,
+    ).subnet_ids
 
 
 def _flattened(value: Any) -> str:

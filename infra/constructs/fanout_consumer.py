@@ -148,7 +148,7 @@ class FanOutConsumer(Construct):
             "dynamodb:ListStreams (added by the DynamoDB event source) and the X-Ray trace actions have no "
             "resource-level permissions; every other action here is scoped to a named resource.",
         )
-        for rule_id in ("NIST.800.53.R5-LambdaInsideVPC", "HIPAA.Security-LambdaInsideVPC"):
+        for rule_id in ("NIST.800.53.R5-LambdaInsideVPC", "HIPAA.Security-LambdaInsideVPC", "CKV_AWS_117"):
             acknowledge(
                 self.function,
                 rule_id,

@@ -1,8 +1,9 @@
 """A Lambda function of this product, with every setting stated rather than defaulted.
 
 Latest Python runtime on ARM64, the shared Docker-free asset, explicit memory and timeout,
-X-Ray active tracing, its own encrypted log group with a fixed retention, and its own role
-(no AWS managed policy: the only permissions are the log group's and what constructs grant).
+X-Ray active tracing, environment variables encrypted with the subsystem key, its own encrypted
+log group with a fixed retention, and its own role (no AWS managed policy: the only permissions
+are the log group's and what constructs grant).
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class HandlerFunction(Construct):
                 "POWERTOOLS_METRICS_NAMESPACE": "EventDrivenSubsystems",
                 **(environment or {}),
             },
+            # Lambda itself grants the execution role decrypt on this key (a KMS grant made when
+            # the function is created), so the role's policy needs no kms:Decrypt for it.
+            environment_encryption=encryption_key,
             vpc=vpc,
             vpc_subnets=vpc_subnets,
             security_groups=security_groups,

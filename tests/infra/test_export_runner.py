@@ -49,14 +49,13 @@ EXISTING = {
     "subnet_ids": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
 }
 RUNNER_TIMEOUT = 900
-VPC_ACTIONS = {
-    "ec2:CreateNetworkInterface",
-    "ec2:DescribeNetworkInterfaces",
-    "ec2:DescribeSubnets",
+VPC_DESCRIBE_ACTIONS = {"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"}
+NETWORK_INTERFACE_ACTIONS = {
     "ec2:DeleteNetworkInterface",
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
 }
+VPC_ACTIONS = {"ec2:CreateNetworkInterface", *VPC_DESCRIBE_ACTIONS, *NETWORK_INTERFACE_ACTIONS}
 XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 CONSUME_ACTIONS = {
     "sqs:ReceiveMessage",
@@ -210,6 +209,14 @@ def _arn(logical_id: str) -> dict[str, Any]:
     return {"Fn::GetAtt": [logical_id, "Arn"]}
 
 
+def _ec2_arn(resource: str, name: Any) -> dict[str, Any]:
+    """An EC2 ARN in this stack's partition, region and account, as Stack.format_arn writes it."""
+    prefix = ["arn:", {"Ref": "AWS::Partition"}, ":ec2:", {"Ref": "AWS::Region"}, ":", {"Ref": "AWS::AccountId"}]
+    if isinstance(name, str):
+        return {"Fn::Join": ["", [*prefix, f":{resource}/{name}"]]}
+    return {"Fn::Join": ["", [*prefix, f":{resource}/", name]]}
+
+
 def _objects_of(bucket_arn: Any) -> dict[str, Any]:
     return {"Fn::Join": ["", [bucket_arn, "/*"]]}
 
@@ -326,6 +333,7 @@ def test_runner_function_settings(created: Synthesized) -> None:
     assert runner["ReservedConcurrentExecutions"] == 5
     assert runner["Runtime"] == "python3.14" and runner["Architectures"] == ["arm64"]
     assert runner["TracingConfig"] == {"Mode": "Active"}
+    assert runner["KmsKeyArn"] == _arn(_id(template, "AWS::KMS::Key", "EncryptionKey"))
     assert runner["DeadLetterConfig"]["TargetArn"] == _arn(_id(template, "AWS::SQS::Queue", "ExportRunnerDlqQueue"))
     variables = runner["Environment"]["Variables"]
     assert variables["COMPLIANCE_EXPORTS_BUCKET"] == {"Ref": _id(template, "AWS::S3::Bucket", "ExportRunnerBucket")}
@@ -486,7 +494,8 @@ def test_runner_permissions_are_exactly_the_spec(created: Synthesized) -> None:
         "sqs:SendMessage": [_arn(_id(template, "AWS::SQS::Queue", "ExportRunnerDlqQueue"))],
         "logs:CreateLogStream": [_arn(_id(template, "AWS::Logs::LogGroup", "ExportRunnerLogGroup"))],
         "logs:PutLogEvents": [_arn(_id(template, "AWS::Logs::LogGroup", "ExportRunnerLogGroup"))],
-        **{action: ["*"] for action in VPC_ACTIONS | XRAY_ACTIONS},
+        **{action: ["*"] for action in VPC_DESCRIBE_ACTIONS | XRAY_ACTIONS},
+        **_network_interface_rights(template, _function(template, RUNNER_HANDLER)),
         # SSE-KMS on the bucket, the queue and the DLQ all use the subsystem key.
         "kms:Decrypt": [key],
         "kms:GenerateDataKey": [key],
@@ -497,6 +506,36 @@ def test_runner_permissions_are_exactly_the_spec(created: Synthesized) -> None:
     assert deny["NotResource"] == bucket_objects
     assert "Resource" not in deny
     assert OBJECT_ACTIONS | {"s3:DeleteObject", "s3:GetObjectVersion"} <= set(deny["Action"])
+
+
+def _network_interface_rights(template: Template, function: dict[str, Any]) -> dict[str, list[Any]]:
+    """Create only in the function's own subnets with its security groups; the rest on its interfaces."""
+    vpc_config = function["Properties"]["VpcConfig"]
+    network_interfaces = _ec2_arn("network-interface", "*")
+    create_on = [
+        network_interfaces,
+        *(_ec2_arn("subnet", subnet) for subnet in vpc_config["SubnetIds"]),
+        *(_ec2_arn("security-group", group) for group in vpc_config["SecurityGroupIds"]),
+    ]
+    return {
+        "ec2:CreateNetworkInterface": create_on,
+        **{action: [network_interfaces] for action in NETWORK_INTERFACE_ACTIONS},
+    }
+
+
+def test_network_interface_writes_are_scoped_in_every_database_mode(
+    created: Synthesized, existing: Synthesized
+) -> None:
+    for synthesized in (created, existing):
+        template = synthesized.template
+        for handler in (RUNNER_HANDLER, SWEEPER_HANDLER):
+            allowed = _allowed(_role_statements(template, handler))
+            for action, resources in _network_interface_rights(template, _function(template, handler)).items():
+                assert sorted(map(json.dumps, allowed[action])) == sorted(map(json.dumps, resources)), action
+    # An existing VPC: the configured subnet ids, literally.
+    create_on = _allowed(_role_statements(existing.template, RUNNER_HANDLER))["ec2:CreateNetworkInterface"]
+    for subnet_id in EXISTING["subnet_ids"]:
+        assert _ec2_arn("subnet", subnet_id) in create_on
 
 
 def test_sweeper_permissions_are_database_only(created: Synthesized) -> None:
@@ -724,6 +763,7 @@ COMMON_ACKNOWLEDGEMENTS = {
     "Serverless-SQSRedrivePolicy",
     # this construct
     "AwsSolutions-IAM5[Resource::*]",
+    "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:network-interface/*]",
     "AwsSolutions-IAM5[Resource::<ExportRunnerBucket1B70D47D.Arn>/*]",
     "Serverless-LambdaEventSourceMappingDestination",
     "NIST.800.53.R5-S3BucketReplicationEnabled",

@@ -109,10 +109,13 @@ def test_stream_mapping_handles_failures(full: Template) -> None:
 
 
 def test_function_settings(full: Template) -> None:
+    (key_id,) = full.find_resources("AWS::KMS::Key")
     full.has_resource_properties(
         "AWS::Lambda::Function",
         {
             "Handler": "handlers.fanout.handler.handler",
+            # Environment variables encrypted with the subsystem key, not Lambda's default key.
+            "KmsKeyArn": {"Fn::GetAtt": [key_id, "Arn"]},
             "Runtime": "python3.14",
             "Architectures": ["arm64"],
             "MemorySize": 512,
