@@ -16,7 +16,7 @@ from tests.support.postgres import PostgresCluster, start_postgres
 
 # Subsystem fixtures (moto tables, stubs, databases), registered once for every test layer
 # that needs them instead of re-exported from each layer's conftest.
-pytest_plugins = ["tests.support.fanout_fixtures", "tests.support.export_fixtures"]
+pytest_plugins = ["tests.support.fanout_fixtures", "tests.support.export_fixtures", "tests.support.moto_harness"]
 
 
 @pytest.fixture(scope="session")
