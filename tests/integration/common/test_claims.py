@@ -18,32 +18,17 @@ from handlers.common.claims import (
     ClaimTargetMissingError,
     Write,
 )
+from tests.support.claim_tables import FakeClock, create_pk_table
 from tests.support.moto_server import MotoServer
 
 TABLE = "claims"
 LEASE_MS = 10_000
 
 
-class FakeClock:
-    def __init__(self, now_ms: int = 1_800_000_000_000) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def advance(self, ms: int) -> None:
-        self.now_ms += ms
-
-
 @pytest.fixture
 def ddb(aws: MotoServer) -> Any:
     ddb = boto3.client("dynamodb")
-    ddb.create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_pk_table(ddb, TABLE)
     return ddb
 
 

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, event, given, seed, settings, target
 from hypothesis import strategies as st
 
 from handlers.common.claims import Acquire, Claim, ClaimLocation, ClaimRecord, ClaimStore, Write
+from tests.support.claim_tables import FakeClock, create_pk_table
 from tests.support.moto_server import MotoServer
 
 TABLE = "claim_schedules"
@@ -59,14 +60,6 @@ def schedules(draw: st.DrawFn) -> tuple[int, list[Step]]:
 _schedule_ids = itertools.count()
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_ms = 1_800_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-
 @dataclass
 class Worker:
     store: ClaimStore
@@ -78,12 +71,7 @@ class Worker:
 @pytest.fixture
 def schedule_table(aws: MotoServer) -> Any:
     ddb = boto3.client("dynamodb")
-    ddb.create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_pk_table(ddb, TABLE)
     return ddb
 
 

@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests.support.claim_tables import create_pk_table
 from tests.support.moto_server import MotoServer, SerialisedDynamoDB
 
 RACES_PER_SHAPE = 340  # three shapes: 1,020 races in all
@@ -36,12 +37,7 @@ def dynamodb(aws: MotoServer) -> Any:
         endpoint_url=aws.endpoint,
         config=Config(max_pool_connections=MAX_WRITERS * 2, retries={"total_max_attempts": 1}),
     )
-    ddb.create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_pk_table(ddb, TABLE)
     return ddb
 
 
