@@ -37,6 +37,13 @@ answer says *why* without a read of its own):
 - ``write_fenced``: a TransactWriteItems whose first item is a ConditionCheck on the claim
   (the holder's token, still pending): the caller's DynamoDB writes land only while it holds.
 
+Waiting (no write): ``wait_while_held`` polls a record that ``acquire`` found ``HELD`` until it
+is no longer live (settled, released, or its lease ran out -- the caller acquires again) or a
+deadline passes (``ClaimHeldError`` with the lease left, for a Retry-After). A caller that meets
+a live claim of a crashed attempt waits it out here instead of failing at once: an event source
+may redeliver immediately, and a record that fails every redelivery while the lease runs out
+spends its bounded retries and ends in the DLQ although nothing is wrong.
+
 A stale holder (its lease expired and someone took over) can therefore never extend, confirm,
 release or write fenced: the token no longer matches. What fencing cannot stop is an outside
 call already sent (Slack, SES, a webhook): after a takeover, two holders may both have called
@@ -87,6 +94,19 @@ _deserializer = TypeDeserializer()
 
 def system_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class ClaimHeldError(RuntimeError):
+    """Another holder's lease was still live when the wait for it ended."""
+
+    def __init__(self, location: ClaimLocation, record: ClaimRecord, lease_left_ms: int) -> None:
+        super().__init__(
+            f"claim {location.table} {dict(location.key)} {'.'.join(location.path)} is still held "
+            f"(lease left {lease_left_ms} ms)"
+        )
+        self.location = location
+        self.record = record
+        self.lease_left_ms = lease_left_ms
 
 
 class ClaimTargetMissingError(RuntimeError):
@@ -379,6 +399,31 @@ class ClaimStore:
             if any(reason.get("Code") not in (None, "None", "ConditionalCheckFailed") for reason in reasons):
                 raise  # a conflict or throttle: transient, the caller retries the whole thing
             return WriteResult(Write.CONDITION_FAILED, cancellation_reasons=reasons)
+
+    def wait_while_held(
+        self,
+        location: ClaimLocation,
+        held: ClaimRecord | None,
+        deadline_monotonic: float,
+        poll_seconds: float = 0.25,
+    ) -> ClaimRecord | None:
+        """Poll ``location`` while ``held`` (and then what is read) is a live claim.
+
+        Returns the record once it is no longer live (terminal, released, expired, or None when
+        it is gone): the caller acquires again with it as ``seen``. Raises ``ClaimHeldError``
+        with the lease left when ``deadline_monotonic`` (``time.monotonic()``) passes first. Never
+        sleeps past the deadline or the lease. Read failures (ClientError, BotoCoreError)
+        propagate.
+        """
+        current = held
+        while current is not None and current.is_live(self._clock()):
+            lease_left_ms = (current.lease_until_ms or 0) - self._clock()
+            wait_left = deadline_monotonic - time.monotonic()
+            if wait_left <= 0:
+                raise ClaimHeldError(location, current, max(lease_left_ms, 0))
+            time.sleep(max(0.0, min(poll_seconds, lease_left_ms / 1000, wait_left)))
+            current = self.read(location)
+        return current
 
     def read(self, location: ClaimLocation) -> ClaimRecord | None:
         """The record as stored now (consistent read, only the claim's attributes)."""

@@ -24,10 +24,13 @@ Windows:
 - crash after the claim, before the send: nothing was sent; the claim expires with its lease
   and a retry sends the mail once;
 - marker already ``sent`` (or ``rejected``): SKIPPED -- the duplicate delivery is absorbed;
-- marker ``pending`` under a live lease (another invocation is sending, or crashed moments
-  ago): ``RetryableError`` with the remaining lease as Retry-After; once the lease expires a
-  retry re-claims and sends. If the retries run out first, the record lands in the DLQ (not
-  lost) -- the lease is kept short for that reason;
+- marker ``pending`` under a live lease (another invocation is sending, crashed moments ago,
+  or its SendEmail got no answer): the claim is waited for (``ClaimStore.wait_while_held``,
+  polling, at most ``claim_wait_seconds``): it turns ``sent`` -> SKIPPED, or its lease ends ->
+  take over and send. Still held at the end of the wait -> ``RetryableError`` with the lease
+  left as Retry-After. Each redelivery waits again, so the event source's bounded retries
+  (10 x up to 10 s against a 45 s lease) reach the takeover instead of pushing the record to
+  the DLQ while the lease runs out;
 - SES answered with an error (throttle, 5xx, rejection): nothing was sent, so the claim is
   released (throttle/5xx) or turned into ``rejected`` (terminal) -- a retry is not held up;
 - SES call timed out or the connection broke: SES may or may not have sent it. The claim stays
@@ -37,13 +40,23 @@ Windows:
   open: a mail may be sent twice, never lost;
 - confirm finds our claim taken over (we were slower than the lease): the other claimant may
   have sent too; logged as a possible duplicate (FANOUT_EMAIL_LEASE_LOST);
-- the confirm write itself fails after SES accepted the mail: the record still succeeds (a
-  retry would only wait out the lease and send again); the pending marker stays, so only a
-  later redelivery of this record after the lease could re-send (FANOUT_EMAIL_CONFIRM_FAILED).
+- the confirm write itself fails after SES accepted the mail (a ClientError, or a read
+  timeout / connection error): it is retried at once, a few times (``CONFIRM_ATTEMPTS``; a
+  retried confirm whose first attempt landed is recognised as ours), so a passing DynamoDB
+  hiccup cannot turn an accepted mail into a resend. If every attempt fails, the record still
+  succeeds (failing it would only make a retry wait out the lease and send again); the pending
+  marker stays, so only a redelivery of this record after the lease could re-send -- the
+  residual window, logged (FANOUT_EMAIL_CONFIRM_FAILED).
+
+What SES can and cannot guarantee: SendEmail has no idempotency key, and a call that timed
+out may still have sent the mail. A mail whose send outcome is unknown (no answer from SES, a
+crash between the send and the confirm, a confirm that never landed) is therefore sent again
+after the lease: possibly twice, never lost. Everything else is exactly once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,6 +74,7 @@ from handlers.common.claims import (
     Acquire,
     Claim,
     ClaimContentionError,
+    ClaimHeldError,
     ClaimLocation,
     ClaimRecord,
     ClaimStore,
@@ -80,6 +94,13 @@ logger = child_logger()
 # Longer than one SES call can take with boto3's retries (3 attempts x 10 s read timeout),
 # short enough that Lambda's bounded stream retries reach a re-claim after a crash.
 CLAIM_LEASE_MS = 45_000
+# How long a record waits for another attempt's live claim before failing retryably (bounded:
+# the invocation has other records and channels to run).
+DEFAULT_CLAIM_WAIT_SECONDS = 10.0
+CLAIM_POLL_SECONDS = 0.25
+# The confirm after SES accepted the mail: attempts, and the pause before each retry.
+CONFIRM_ATTEMPTS = 3
+CONFIRM_RETRY_PAUSE_SECONDS = 0.2
 SENT, REJECTED = "sent", "rejected"
 
 THROTTLING_CODES = frozenset(
@@ -155,10 +176,18 @@ RENDERABLE_EVENTS: frozenset[str] = frozenset(RENDERERS)
 class EmailDispatcher:
     channel = EMAIL
 
-    def __init__(self, *, task_table_name: str, sender: str, claim_store: ClaimStore | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        task_table_name: str,
+        sender: str,
+        claim_store: ClaimStore | None = None,
+        claim_wait_seconds: float = DEFAULT_CLAIM_WAIT_SECONDS,
+    ) -> None:
         self._task_table = task_table_name
         self._sender = sender
         self._claims = claim_store or ClaimStore()
+        self._claim_wait_s = claim_wait_seconds
 
     def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
         if event.event_type not in RENDERERS:
@@ -206,33 +235,50 @@ class EmailDispatcher:
     def _claim(self, event: TaskEvent, name: str, seen: ClaimRecord | None) -> Claim | None:
         """Our claim on the mail; None when it is already settled (sent/rejected)."""
         location = ClaimLocation(self._task_table, {"task_id": {"S": event.task_id}}, ("channel_metadata", name))
-        try:
-            result = self._claims.acquire(
-                location, lease_ms=CLAIM_LEASE_MS, attributes={"event_id": event.event_id}, seen=seen
-            )
-        except ClaimTargetMissingError as exc:
-            raise TaskNotFoundError(f"task {event.task_id} disappeared before its email could be claimed") from exc
-        except ClaimContentionError as exc:
-            raise RetryableError(str(exc)) from exc
-        if result.status is Acquire.ACQUIRED:
-            return result.claim
-        current = result.current
-        if result.status is Acquire.SETTLED:
-            logger.info(
-                "Email already settled for this event; not sending again",
-                extra={"channel": EMAIL, "state": current.state if current else None},
-            )
-            return None
-        lease_left_ms = ((current.lease_until_ms if current else None) or 0) - self._claims.now_ms()
-        raise RetryableError(
-            f"email for event {event.event_id} is claimed by another delivery until its lease expires",
-            retry_after_seconds=max(1.0, lease_left_ms / 1000),
-        )
+        deadline = time.monotonic() + self._claim_wait_s
+        while True:
+            try:
+                result = self._claims.acquire(
+                    location, lease_ms=CLAIM_LEASE_MS, attributes={"event_id": event.event_id}, seen=seen
+                )
+            except ClaimTargetMissingError as exc:
+                raise TaskNotFoundError(f"task {event.task_id} disappeared before its email could be claimed") from exc
+            except ClaimContentionError as exc:
+                raise RetryableError(str(exc)) from exc
+            if result.status is Acquire.ACQUIRED:
+                return result.claim
+            current = result.current
+            if result.status is Acquire.SETTLED:
+                logger.info(
+                    "Email already settled for this event; not sending again",
+                    extra={"channel": EMAIL, "state": current.state if current else None},
+                )
+                return None
+            # HELD: another delivery is sending, or its send got no answer. Wait (bounded) for
+            # it to settle or for its lease to end, then acquire again with what was read.
+            try:
+                seen = self._claims.wait_while_held(location, current, deadline, CLAIM_POLL_SECONDS)
+            except ClaimHeldError as exc:
+                raise RetryableError(
+                    f"email for event {event.event_id} is still held by another delivery "
+                    f"({exc.lease_left_ms} ms of its lease left)",
+                    retry_after_seconds=max(1.0, exc.lease_left_ms / 1000),
+                ) from exc
+            except (ClientError, BotoCoreError) as exc:
+                raise RetryableError(f"reading the email claim of event {event.event_id} failed: {exc}") from exc
 
     def _confirm(self, claim: Claim, message_id: str) -> None:
-        try:
-            result = self._claims.confirm(claim, state=SENT, attributes={"message_id": message_id})
-        except (ClientError, BotoCoreError) as exc:
+        error: Exception | None = None
+        for attempt in range(CONFIRM_ATTEMPTS):
+            if attempt:
+                time.sleep(CONFIRM_RETRY_PAUSE_SECONDS * attempt)
+            try:
+                # Safe to repeat: a retry whose first attempt landed is recognised (same token).
+                result = self._claims.confirm(claim, state=SENT, attributes={"message_id": message_id})
+                break
+            except (ClientError, BotoCoreError) as exc:
+                error = exc
+        else:
             # The mail is out. Failing the record now would only make a retry wait out the lease
             # and send it again, so the record succeeds; the pending marker is left behind.
             logger.error(
@@ -240,7 +286,8 @@ class EmailDispatcher:
                 extra={
                     "channel": EMAIL,
                     "message_id": message_id,
-                    "error": str(exc),
+                    "error": str(error),
+                    "attempts": CONFIRM_ATTEMPTS,
                     "error_id": "FANOUT_EMAIL_CONFIRM_FAILED",
                 },
             )

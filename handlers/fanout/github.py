@@ -11,9 +11,13 @@ row at ``channel_metadata.github_comment_id``.
 - 401 -> drop the cached token, read the secret again, retry once (token rotation); a second
   401 fails the record (``RetryableError``): a rejected credential is a broken deployment, and
   the DLQ keeps the notification until the secret is fixed, where a terminal drop would lose it;
-- 403 (GitHub's secondary rate limit), 429, 5xx, timeouts -> ``RetryableError`` with the
-  Retry-After (or X-RateLimit-Reset) delay when GitHub gives one;
-- any other 4xx (422 body rejected, 404 on the issue itself, 410 locked/gone...) ->
+- 429, 5xx, timeouts, and a 403 that is a rate limit -> ``RetryableError`` with the Retry-After
+  (or X-RateLimit-Reset) delay when GitHub gives one. GitHub answers its primary and secondary
+  rate limits with 403 too, and says so in the headers (``x-ratelimit-remaining: 0`` or a
+  ``retry-after``) or, for a secondary limit that carries neither, in the message ("You have
+  exceeded a secondary rate limit"); only those 403s are retried;
+- any other 4xx (422 body rejected, 404 on the issue itself, 410 gone, a 403 without rate-limit
+  headers: the token lacks the permission, the issue is locked...) ->
   ``TERMINAL_FAILURE``, logged: no retry can make GitHub accept it.
 
 Idempotency windows (a redelivery re-runs everything):
@@ -156,10 +160,14 @@ def render_comment(event: TaskEvent, task: Mapping[str, Any]) -> str:
 
 
 class GitHubHttpError(Exception):
-    def __init__(self, status: int, message: str, retry_after_seconds: float | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, retry_after_seconds: float | None = None, *, rate_limited: bool = False
+    ) -> None:
         super().__init__(f"GitHub answered {status}: {message}")
         self.status = status
         self.retry_after_seconds = retry_after_seconds
+        # The headers say this is a rate limit (x-ratelimit-remaining: 0, or a retry-after).
+        self.rate_limited = rate_limited
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,9 @@ class GitHubClient:
                 return GitHubResponse(response.status, json.loads(raw) if raw else None, dict(response.headers))
         except urllib.error.HTTPError as exc:
             detail = _error_message(exc)
-            raise GitHubHttpError(exc.code, detail, _retry_after(exc.headers)) from exc
+            raise GitHubHttpError(
+                exc.code, detail, _retry_after(exc.headers), rate_limited=_is_rate_limited(exc.headers, detail)
+            ) from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             raise RetryableError(f"GitHub {method} {url} did not answer: {exc}") from exc
 
@@ -208,6 +218,17 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
     except ValueError:
         return exc.reason or ""
     return str(payload.get("message", exc.reason)) if isinstance(payload, dict) else str(exc.reason)
+
+
+def _is_rate_limited(headers: Any, message: str) -> bool:
+    """GitHub's documented rate-limit signals on a 403/429: no requests left, a retry-after, or
+    (a secondary rate limit may come with neither header) a message that says so."""
+    if "secondary rate limit" in message.lower():
+        return True
+    if headers is None:
+        return False
+    remaining = headers.get("X-RateLimit-Remaining")
+    return bool(headers.get("Retry-After")) or (remaining is not None and remaining.strip() == "0")
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -429,7 +450,7 @@ class GitHubDispatcher:
 
     @staticmethod
     def _classify(exc: GitHubHttpError) -> Exception:
-        if exc.status in (403, 429) or exc.status >= 500:
+        if exc.status == 429 or exc.status >= 500 or (exc.status == 403 and exc.rate_limited):
             return RetryableError(str(exc), retry_after_seconds=exc.retry_after_seconds)
         return _TerminalGitHubError(str(exc))
 

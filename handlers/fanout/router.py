@@ -1,7 +1,10 @@
 """One event + its task row -> every subscribed, configured channel; classify the result.
 
 A record fails (is reported as a batch item failure, so Lambda redelivers it) iff some
-channel raised: ``RetryableError`` or any unexpected exception. TERMINAL_FAILURE is a
+channel raised: ``RetryableError``, ``MalformedRecordError`` (the record cannot be delivered
+on that channel as it is: logged at error as malformed with its reason, counted
+``<channel>_malformed_record``; the bounded retries then put it in the on-failure
+destination, named in the log) or any unexpected exception. TERMINAL_FAILURE is a
 business outcome: logged and counted, never retried. Every dispatch is counted per channel
 and outcome (metric ``<channel>_<outcome>``, e.g. ``github_delivered``,
 ``email_retryable_failure``).
@@ -25,13 +28,12 @@ it, named in the log, for an operator to redrive).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
 
+from handlers.common.observability import add_count
 from handlers.fanout.model import (
     ChannelDispatcher,
     MalformedRecordError,
@@ -71,9 +73,6 @@ class Router:
         self._dispatchers = {channel: by_channel[channel] for channel in CHANNELS if channel in by_channel}
         self._logger = logger
         self._metrics = metrics
-        # Powertools' metric set is a shared dict; records of different tasks add to it from
-        # different threads, so additions are serialized.
-        self._metrics_lock = threading.Lock()
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -121,6 +120,14 @@ class Router:
                 )
                 self._count(f"{channel}_{RETRYABLE_FAILURE}")
                 continue
+            except MalformedRecordError as exc:
+                failed[channel] = exc
+                self._logger.error(
+                    "Channel found the record malformed; reporting it as failed",
+                    extra={"channel": channel, "retryable": False, "reason": str(exc)},
+                )
+                self._count(f"{channel}_malformed_record")
+                continue
             except Exception as exc:  # an unexpected error must fail the record, never vanish
                 failed[channel] = exc
                 self._logger.exception(
@@ -145,5 +152,6 @@ class Router:
         self._count(name)
 
     def _count(self, name: str) -> None:
-        with self._metrics_lock:
-            self._metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        # Powertools' metric set is one dict shared by every Metrics instance, added to from
+        # worker threads here and in the dispatchers: the one shared lock serializes them.
+        add_count(self._metrics, name)

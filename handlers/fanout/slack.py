@@ -28,7 +28,9 @@ harmless (already_reacted / message_not_found are answers we accept).
 Dedup markers (``channel_metadata.<marker>`` in the task row, one per kind of message):
 ``slack_created_msg`` (task_created), ``slack_session_msg`` (session_started),
 ``slack_terminal_msg`` (shared by completed/failed/cancelled/timed_out/stranded: the first
-terminal event wins, later ones are SKIPPED) and ``slack_agent_error_msg`` (agent_error).
+terminal event wins, later ones are SKIPPED) and ``slack_agent_error_msg:<event_id>`` (one per
+agent_error event: a task may report several different errors, each posts once, and a
+redelivery of one of them finds its own marker).
 A marker is a map: ``{state: pending, token, lease_until_ms, first_claimed_at_ms, ...}`` while
 an attempt owns it, ``{state: posted, token, ts, channel, ...}`` once the message is confirmed
 (the created/session ``ts`` is what the terminal cleanup deletes).
@@ -93,12 +95,16 @@ Crash windows (the container dies; Lambda redelivers the record):
   possible loss).
 
 Reactions track the task state on the root message (eyes -> hourglass_flowing_sand ->
-white_check_mark / x / no_entry_sign / hourglass / x). A failing reaction is logged at error
-(FANOUT_SLACK_REACTION_FAILED) but does not fail the record: the notification itself was
-delivered, and failing the record would hold back the task's later events (per-task order)
-and spend the retry budget -- which can push a real notification into the DLQ -- for an
-emoji; the next state change replaces the reaction anyway. The same holds for deleting the
-intermediate messages of a terminal event (FANOUT_SLACK_CLEANUP_DELETE_FAILED).
+white_check_mark / x / no_entry_sign / hourglass / x). A takeover that adopts an earlier
+attempt's message shows the state of the event that posted it (named in the message metadata,
+and recorded in the confirmed marker), not its own: the terminal marker is shared, so the
+adopted message may be another terminal event's ("timed out" adopted by task_failed). A
+failing reaction is logged at error (FANOUT_SLACK_REACTION_FAILED) but does not fail the
+record: the notification itself was delivered, and failing the record would hold back the
+task's later events (per-task order) and spend the retry budget -- which can push a real
+notification into the DLQ -- for an emoji; the next state change replaces the reaction anyway.
+The same holds for deleting the intermediate messages of a terminal event
+(FANOUT_SLACK_CLEANUP_DELETE_FAILED).
 """
 
 from __future__ import annotations
@@ -113,7 +119,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -127,6 +132,7 @@ from handlers.common.claims import (
     RELEASED,
     Acquire,
     ClaimContentionError,
+    ClaimHeldError,
     ClaimLocation,
     ClaimRecord,
     ClaimStore,
@@ -134,7 +140,7 @@ from handlers.common.claims import (
     WriteResult,
 )
 from handlers.common.config import ConfigurationError
-from handlers.common.observability import METRICS_NAMESPACE
+from handlers.common.observability import METRICS_NAMESPACE, add_count
 from handlers.fanout.model import MalformedRecordError, Outcome, RetryableError, TaskEvent
 from handlers.fanout.routing import (
     AGENT_ERROR,
@@ -154,7 +160,6 @@ from handlers.fanout.task_row import deserialize_item
 SERVICE = "fanout"
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE), child=True)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", METRICS_NAMESPACE), service=SERVICE)
-_metrics_lock = threading.Lock()
 
 TERMINAL_SLACK_ERRORS = frozenset(
     {
@@ -163,6 +168,14 @@ TERMINAL_SLACK_ERRORS = frozenset(
         "missing_scope", "restricted_action", "ekm_access_denied", "team_access_not_granted",
         "posting_to_general_channel_denied", "as_user_not_supported", "invalid_blocks",
         "invalid_blocks_format", "invalid_arguments", "msg_too_long", "too_many_attachments",
+        # the thread cannot take a reply (gone, or the root is a message that cannot have one)
+        "thread_not_found", "cannot_reply_to_message", "restricted_action_thread_locked",
+        "restricted_action_read_only_channel", "restricted_action_non_threadable_channel",
+        # the secret holds a token of the wrong type (a user or app-level token, not xoxb)
+        "not_allowed_token_type",
+        # chat.postMessage rejects the message metadata: the same metadata fails every retry
+        "invalid_metadata_format", "invalid_metadata_schema", "metadata_too_large",
+        "metadata_must_be_sent_from_app",
     }
 )  # fmt: skip
 # The cached token is stale or dead: forget it so the next record reads the secret again.
@@ -176,6 +189,8 @@ CREATED_MARKER = "slack_created_msg"
 SESSION_MARKER = "slack_session_msg"
 TERMINAL_MARKER = "slack_terminal_msg"
 AGENT_ERROR_MARKER = "slack_agent_error_msg"
+# The kind of marker per event type; ``marker_for`` names the marker of one event (agent errors
+# get one per event id).
 MARKERS: Mapping[str, str] = {
     TASK_CREATED: CREATED_MARKER,
     SESSION_STARTED: SESSION_MARKER,
@@ -183,6 +198,17 @@ MARKERS: Mapping[str, str] = {
     **{event_type: TERMINAL_MARKER for event_type in SLACK_TERMINAL_EVENTS},
 }
 POSTED = "posted"
+
+
+def marker_for(event: TaskEvent) -> str:
+    """The dedup marker of ``event``: per kind of message, except agent errors (per event id)."""
+    kind = MARKERS[event.event_type]
+    return agent_error_marker(event.event_id) if kind == AGENT_ERROR_MARKER else kind
+
+
+def agent_error_marker(event_id: str) -> str:
+    return f"{AGENT_ERROR_MARKER}:{event_id}"
+
 
 STATE_REACTIONS: Mapping[str, str] = {
     TASK_CREATED: "eyes",
@@ -320,6 +346,10 @@ class _TeamClients:
 class _Posted:
     channel: str
     ts: str
+    # For a message adopted from an earlier attempt: the event that posted it (it owns the
+    # marker, so its reaction is the one to show). None for a message this attempt posted.
+    owner_event_type: str | None = None
+    owner_event_id: str | None = None
 
 
 class SlackDispatcher:
@@ -363,7 +393,7 @@ class SlackDispatcher:
             logger.info("No Slack renderer for this event type", extra=_log_fields(event))
             return Outcome.SKIPPED
         target = SlackTarget.from_task(task)
-        marker = MARKERS[event.event_type]
+        marker = marker_for(event)
         known: Mapping[str, Any] = task["channel_metadata"]  # a map: from_task checked it
         if marker in known and _marker_state(known[marker]) == POSTED:
             return _already_posted(event, marker)
@@ -403,7 +433,10 @@ class SlackDispatcher:
             posted = result
         root = self._root(target, claim, event, posted)
         if root is not None:
-            self._update_reactions(event, team, root)
+            # An adopted message may be another event's (a terminal marker is shared: "timed out"
+            # posted, then the attempt crashed, and task_failed took the marker over): the root
+            # shows the state of the message that owns the marker, as in ``_lost_confirm``.
+            self._update_reactions(event, posted.owner_event_type or event.event_type, team, root)
         if event.event_type in SLACK_TERMINAL_EVENTS:
             self._delete_intermediate_messages(event, team, claim, root)
         return self._confirm(event, team, claim, posted, root)
@@ -511,21 +544,15 @@ class SlackDispatcher:
         self, event: TaskEvent, location: ClaimLocation, held: ClaimRecord | None, deadline: float
     ) -> ClaimRecord | None:
         """Poll a live claim of another attempt until it settles or its lease runs out."""
-        current = held
-        while current is not None and current.is_live(self._claims.now_ms()):
-            lease_left_ms = (current.lease_until_ms or 0) - self._claims.now_ms()
-            wait_left = deadline - time.monotonic()
-            if wait_left <= 0:
-                raise RetryableError(
-                    f"another attempt is posting {location.path[-1]} for task {event.task_id}",
-                    retry_after_seconds=max(lease_left_ms, 0) / 1000,
-                )
-            time.sleep(max(0.0, min(CLAIM_POLL_SECONDS, lease_left_ms / 1000, wait_left)))
-            try:
-                current = self._claims.read(location)
-            except (ClientError, BotoCoreError) as exc:
-                raise RetryableError(f"task table read failed for task {event.task_id}: {exc}") from exc
-        return current
+        try:
+            return self._claims.wait_while_held(location, held, deadline, CLAIM_POLL_SECONDS)
+        except ClaimHeldError as exc:
+            raise RetryableError(
+                f"another attempt is posting {location.path[-1]} for task {event.task_id}",
+                retry_after_seconds=exc.lease_left_ms / 1000,
+            ) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise RetryableError(f"task table read failed for task {event.task_id}: {exc}") from exc
 
     def _location(self, task_id: str, marker: str) -> ClaimLocation:
         return ClaimLocation(self._table, {"task_id": {"S": task_id}}, ("channel_metadata", marker))
@@ -533,12 +560,16 @@ class SlackDispatcher:
     def _confirm(
         self, event: TaskEvent, team: _TeamClients, claim: Claim, posted: _Posted, root: _Posted | None
     ) -> Outcome:
+        attributes: dict[str, Any] = {"ts": posted.ts, "channel": posted.channel, "posted_at_ms": self._claims.now_ms()}
+        if posted.owner_event_type is not None:
+            # The marker records the event whose message it holds (what ``_lost_confirm`` of a
+            # stale attempt compares its reaction with), and who adopted it.
+            attributes["event_type"] = posted.owner_event_type
+            if posted.owner_event_id is not None:
+                attributes["event_id"] = posted.owner_event_id
+            attributes["adopted_by_event_id"] = event.event_id
         try:
-            result = self._claims.confirm(
-                claim.lease,
-                state=POSTED,
-                attributes={"ts": posted.ts, "channel": posted.channel, "posted_at_ms": self._claims.now_ms()},
-            )
+            result = self._claims.confirm(claim.lease, state=POSTED, attributes=attributes)
         except (ClientError, BotoCoreError) as exc:
             raise RetryableError(f"task table write failed for task {event.task_id}: {exc}") from exc
         if result.ok:
@@ -570,7 +601,7 @@ class SlackDispatcher:
                 _count("slack_duplicate_deleted")
             else:
                 _count("slack_duplicate_delete_failed")
-            ours = STATE_REACTIONS.get(event.event_type)
+            ours = STATE_REACTIONS.get(posted.owner_event_type or event.event_type)  # the one we set
             theirs = STATE_REACTIONS.get(str(current.attributes.get("event_type")))
             if root is not None and ours and ours != theirs:
                 self._react(team.helper.reactions_remove, root, ours, "no_reaction", event)
@@ -652,7 +683,12 @@ class SlackDispatcher:
                 unfurl_media=False,
                 metadata={
                     "event_type": METADATA_EVENT_TYPE,
-                    "event_payload": {"task_id": event.task_id, "marker": claim.marker, "event_id": event.event_id},
+                    "event_payload": {
+                        "task_id": event.task_id,
+                        "marker": claim.marker,
+                        "event_id": event.event_id,
+                        "event_type": event.event_type,
+                    },
                 },
             )
         except Exception as exc:
@@ -709,12 +745,22 @@ class SlackDispatcher:
             for page_number, page in enumerate(response, start=1):
                 for item in page.get("messages") or []:
                     if _is_our_post(item, event.task_id, claim.marker):
+                        owner_type, owner_id = _owner_of(item, claim)
                         logger.info(
                             "Found the earlier attempt's message; adopting it instead of posting again",
-                            extra={**_log_fields(event, claim.marker), "ts": item["ts"]},
+                            extra={
+                                **_log_fields(event, claim.marker),
+                                "ts": item["ts"],
+                                "owner_event_type": owner_type,
+                            },
                         )
                         _count("slack_earlier_post_adopted")
-                        return _Posted(channel=target.channel_id, ts=str(item["ts"]))
+                        return _Posted(
+                            channel=target.channel_id,
+                            ts=str(item["ts"]),
+                            owner_event_type=owner_type,
+                            owner_event_id=owner_id,
+                        )
                 if page_number >= LOOKUP_MAX_PAGES:
                     break
             return None
@@ -722,7 +768,7 @@ class SlackDispatcher:
             failure = SlackFailure.of(exc)
             if failure is None:
                 raise
-            if failure.terminal or failure.code == "thread_not_found":
+            if failure.terminal:  # thread_not_found among them
                 logger.warning(
                     "Cannot look for an earlier attempt's message; posting again may duplicate it",
                     extra={
@@ -756,12 +802,13 @@ class SlackDispatcher:
         ts = _posted_ts(created)
         return _Posted(channel=str(created["channel"]), ts=ts) if ts is not None and created is not None else None
 
-    def _update_reactions(self, event: TaskEvent, team: _TeamClients, root: _Posted) -> None:
-        name = STATE_REACTIONS.get(event.event_type)
+    def _update_reactions(self, event: TaskEvent, state: str, team: _TeamClients, root: _Posted) -> None:
+        """Show the state ``state`` (an event type) on the root message."""
+        name = STATE_REACTIONS.get(state)
         if name is None:
             return
         self._react(team.helper.reactions_add, root, name, "already_reacted", event)
-        for previous in REPLACED_REACTIONS.get(event.event_type, ()):
+        for previous in REPLACED_REACTIONS.get(state, ()):
             self._react(team.helper.reactions_remove, root, previous, "no_reaction", event)
 
     @staticmethod
@@ -900,6 +947,21 @@ def _is_our_post(item: Mapping[str, Any], task_id: str, marker: str) -> bool:
     )
 
 
+def _owner_of(item: Mapping[str, Any], claim: Claim) -> tuple[str | None, str | None]:
+    """The event (type, id) that posted an adopted message.
+
+    From the message's own metadata (every post names its event); a message posted before the
+    metadata carried the event type falls back to the claim record taken over, which names the
+    event of the attempt that crashed (right unless a takeover crashed in between).
+    """
+    payload = (item.get("metadata") or {}).get("event_payload") or {}
+    event_type, event_id = _text(payload.get("event_type")), _text(payload.get("event_id"))
+    if event_type is None and claim.lease.previous is not None:
+        previous = claim.lease.previous.attributes
+        event_type, event_id = _text(previous.get("event_type")), _text(previous.get("event_id"))
+    return event_type, event_id
+
+
 def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
     for name, value in (headers or {}).items():
         if name.lower() == "retry-after":
@@ -929,5 +991,4 @@ def _log_fields(event: TaskEvent, marker: str | None = None) -> dict[str, Any]:
 
 
 def _count(name: str) -> None:
-    with _metrics_lock:
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    add_count(metrics, name)  # under the one lock of Powertools' shared metric set

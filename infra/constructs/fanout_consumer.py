@@ -10,7 +10,7 @@ adds its environment variable and its grant if and only if its prop is given.
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import ArnFormat, Duration, Stack, Token
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -24,6 +24,32 @@ from infra.acknowledge import acknowledge
 from infra.constructs.dead_letter_queue import DeadLetterQueue
 from infra.constructs.function_alarms import FunctionAlarms
 from infra.constructs.handler_function import HandlerFunction
+
+_USABLE_VIEW_TYPES = frozenset(
+    {dynamodb.StreamViewType.NEW_IMAGE.value, dynamodb.StreamViewType.NEW_AND_OLD_IMAGES.value}
+)
+
+
+def _stream_view_type(table: dynamodb.ITable) -> str | None:
+    """The stream view type of ``table`` when it is known at synth, else None.
+
+    Known for a table defined in this app (its CloudFormation resource says it); unknown for a
+    table imported by ARN (``Table.from_table_attributes``) or a value that is a token, which
+    are accepted as they are.
+    """
+    resource = table.node.default_child
+    if not isinstance(resource, (dynamodb.CfnTable, dynamodb.CfnGlobalTable)):
+        return None
+    try:
+        specification = resource.stream_specification
+    except RuntimeError:  # TableV2 renders it lazily: not readable before synthesis
+        return None
+    view_type = getattr(specification, "stream_view_type", None)
+    if isinstance(specification, dict):
+        view_type = specification.get("streamViewType", specification.get("stream_view_type"))
+    if not isinstance(view_type, str) or Token.is_unresolved(view_type):
+        return None
+    return view_type
 
 
 class FanOutConsumer(Construct):
@@ -58,6 +84,14 @@ class FanOutConsumer(Construct):
         super().__init__(scope, construct_id)
         if task_events_table.table_stream_arn is None:
             raise ValueError("FanOutConsumer: task_events_table must have a stream (NEW_IMAGE or NEW_AND_OLD_IMAGES)")
+        view_type = _stream_view_type(task_events_table)
+        if view_type is not None and view_type not in _USABLE_VIEW_TYPES:
+            # The handler parses the event from the record's NewImage: a KEYS_ONLY or OLD_IMAGE
+            # stream would deploy fine and then fail every record into the DLQ.
+            raise ValueError(
+                f"FanOutConsumer: the stream view type is {view_type}; the handler reads each event from "
+                "the new image, so task_events_table needs a stream of NEW_IMAGE or NEW_AND_OLD_IMAGES"
+            )
         if slack_secret_prefix is not None and not slack_secret_prefix.strip():
             raise ValueError("FanOutConsumer: slack_secret_prefix must not be empty")
         # The handler refuses to start in these shapes (handlers/fanout/settings.py); saying so at

@@ -238,3 +238,56 @@ def test_rejects_a_table_without_stream() -> None:
     table = dynamodb.Table(stack, "T", partition_key=dynamodb.Attribute(name="k", type=dynamodb.AttributeType.STRING))
     with pytest.raises(ValueError, match="must have a stream"):
         FanOutConsumer(stack, "F", task_events_table=table, encryption_key=kms.Key(stack, "K"))
+
+
+@pytest.mark.parametrize("view_type", [dynamodb.StreamViewType.KEYS_ONLY, dynamodb.StreamViewType.OLD_IMAGE])
+def test_rejects_a_stream_whose_records_carry_no_new_image(view_type: dynamodb.StreamViewType) -> None:
+    app = app_without_bundling()
+    stack = cdk.Stack(app, "WrongView")
+    table = dynamodb.Table(
+        stack, "T", partition_key=dynamodb.Attribute(name="k", type=dynamodb.AttributeType.STRING), stream=view_type
+    )
+    with pytest.raises(ValueError, match=f"stream view type is {view_type.value}.*NEW_IMAGE or NEW_AND_OLD_IMAGES"):
+        FanOutConsumer(
+            stack,
+            "F",
+            task_events_table=table,
+            encryption_key=kms.Key(stack, "K"),
+            task_table=table,
+            email_sender="agent@example.com",
+        )
+
+
+@pytest.mark.parametrize("view_type", [dynamodb.StreamViewType.NEW_IMAGE, dynamodb.StreamViewType.NEW_AND_OLD_IMAGES])
+def test_accepts_streams_with_the_new_image(view_type: dynamodb.StreamViewType) -> None:
+    app = app_without_bundling()
+    stack = cdk.Stack(app, "RightView")
+    table = dynamodb.Table(
+        stack, "T", partition_key=dynamodb.Attribute(name="k", type=dynamodb.AttributeType.STRING), stream=view_type
+    )
+    FanOutConsumer(
+        stack, "F", task_events_table=table, encryption_key=kms.Key(stack, "K"), task_table=table, email_sender="a@b.co"
+    )
+
+
+def test_an_imported_stream_of_unknown_view_type_is_accepted() -> None:
+    # The view type of a table imported by ARN is not known at synth: nothing to check.
+    app = app_without_bundling()
+    stack = cdk.Stack(app, "Imported", env=cdk.Environment(account="123456789012", region="us-east-1"))
+    events = dynamodb.Table.from_table_attributes(
+        stack,
+        "Events",
+        table_name="events",
+        table_stream_arn="arn:aws:dynamodb:us-east-1:123456789012:table/events/stream/2026-01-01T00:00:00.000",
+    )
+    tasks = dynamodb.Table(
+        stack, "Tasks", partition_key=dynamodb.Attribute(name="k", type=dynamodb.AttributeType.STRING)
+    )
+    FanOutConsumer(
+        stack,
+        "F",
+        task_events_table=events,
+        encryption_key=kms.Key(stack, "K"),
+        task_table=tasks,
+        email_sender="a@b.co",
+    )

@@ -15,7 +15,6 @@ from handlers.common.aws import client
 from handlers.common.config import ConfigurationError
 from handlers.fanout.model import MalformedRecordError, Outcome, RetryableError
 from handlers.fanout.slack import (
-    AGENT_ERROR_MARKER,
     CREATED_MARKER,
     MARKERS,
     MAYBE_POSTED_GRACE_MS,
@@ -25,6 +24,7 @@ from handlers.fanout.slack import (
     TERMINAL_SLACK_ERRORS,
     SlackConfigurationError,
     SlackDispatcher,
+    agent_error_marker,
 )
 from handlers.fanout.slack_blocks import RENDERABLE_EVENTS
 from tests.support.moto_server import free_port
@@ -128,16 +128,15 @@ def test_agent_error_posts_type_and_preview_without_touching_reactions(slack_wor
     slack_world.put_task(thread_ts=root)
     slack_world.deliver(make_event("task_created"))
 
-    outcome = slack_world.deliver(
-        make_event("agent_error", metadata={"error_type": "ToolTimeout", "message_preview": "pytest hung"})
-    )
+    event = make_event("agent_error", metadata={"error_type": "ToolTimeout", "message_preview": "pytest hung"})
+    outcome = slack_world.deliver(event)
 
     assert outcome is Outcome.DELIVERED
     agent_error = slack_world.stub.replies(CHANNEL, root)[-1]
     assert agent_error.text == "Agent error on octo/widgets: ToolTimeout"
     assert any(b["text"]["text"] == "pytest hung" for b in agent_error.blocks or [] if b["type"] == "section")
     assert slack_world.stub.reactions(CHANNEL, root) == {"eyes"}
-    assert slack_world.marker("task-1", AGENT_ERROR_MARKER) is not None
+    assert slack_world.marker("task-1", agent_error_marker(event.event_id)) is not None
 
 
 def test_json_secret_with_bot_token_is_used_for_its_team(slack_world: SlackWorld) -> None:
@@ -386,10 +385,37 @@ def test_malformed_secret_fails_the_record_with_an_error_id(
 def test_each_kind_of_message_has_its_own_marker(slack_world: SlackWorld) -> None:
     slack_world.put_task(thread_ts=slack_world.mention())
 
-    for event_type in ("task_created", "session_started", "agent_error", "task_cancelled"):
-        slack_world.deliver(make_event(event_type))
+    events = [
+        make_event(event_type) for event_type in ("task_created", "session_started", "agent_error", "task_cancelled")
+    ]
+    for event in events:
+        slack_world.deliver(event)
 
     channel_metadata = slack_world.task()["channel_metadata"]
-    for marker in (CREATED_MARKER, SESSION_MARKER, AGENT_ERROR_MARKER, TERMINAL_MARKER):
+    for marker in (CREATED_MARKER, SESSION_MARKER, agent_error_marker(events[2].event_id), TERMINAL_MARKER):
         assert channel_metadata[marker]["state"] == "posted"
     assert channel_metadata[TERMINAL_MARKER]["event_type"] == "task_cancelled"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "thread_not_found",
+        "cannot_reply_to_message",
+        "not_allowed_token_type",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "metadata_too_large",
+        "metadata_must_be_sent_from_app",
+    ],
+)
+def test_permanent_slack_errors_are_terminal_not_retried_until_the_dlq(slack_world: SlackWorld, code: str) -> None:
+    root = slack_world.mention()
+    slack_world.put_task(thread_ts=root)
+    slack_world.stub.script("chat.postMessage", ok_false(code))
+
+    assert slack_world.deliver(make_event("task_failed")) is Outcome.TERMINAL_FAILURE
+
+    assert slack_world.stub.replies(CHANNEL, root) == []
+    marker = slack_world.marker("task-1", TERMINAL_MARKER)
+    assert marker is not None and marker["state"] == "released"

@@ -9,17 +9,21 @@ rejected with MessageRejected, as SES does).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from handlers.common.aws import reset_clients
-from handlers.fanout.email import CLAIM_LEASE_MS
+from handlers.common.claims import Claim, ClaimStore, WriteResult
+from handlers.fanout.email import CLAIM_LEASE_MS, EmailDispatcher
+from handlers.fanout.model import Outcome, RetryableError, TaskEvent
 from tests.support.fanout_fixtures import RECIPIENT
 from tests.support.fanout_stream import (
     EMAIL_SENDER,
+    TASK_TABLE,
     FanOutTables,
     moto_sent_emails,
     redelivery,
@@ -194,3 +198,113 @@ def test_a_task_row_without_channel_metadata_gets_one(tables: FanOutTables, invo
     assert reported(response) == []
     assert len(moto_sent_emails(aws.endpoint)) == 1
     assert email_marker(tables, "t-1", "e1")["state"] == "sent"  # type: ignore[index]
+
+
+# -- unknown outcomes: a failed confirm, a live claim of a send that got no answer -----------
+
+
+def email_event(event_id: str = "e1", task_id: str = "t-1") -> TaskEvent:
+    return TaskEvent(task_id=task_id, event_id=event_id, event_type="task_completed", timestamp="2026-11-23T14:00:00Z")
+
+
+class ConfirmFailsFirst(ClaimStore):
+    """The confirm write after SES accepted the mail gets no answer (the first ``times`` times)."""
+
+    def __init__(self, error: Exception, times: int) -> None:
+        super().__init__()
+        self.error, self.left = error, times
+
+    def confirm(self, claim: Claim, *, state: str, attributes: Mapping[str, Any] | None = None) -> WriteResult:
+        if self.left > 0:
+            self.left -= 1
+            raise self.error
+        return super().confirm(claim, state=state, attributes=attributes)
+
+
+def after_the_lease() -> ClaimStore:
+    """A container whose redelivery runs long after the first attempt's lease ended."""
+    return ClaimStore(clock=lambda: int(time.time() * 1000) + 10 * CLAIM_LEASE_MS)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ReadTimeoutError(endpoint_url="http://dynamodb.local"),
+        ConnectionClosedError(endpoint_url="http://dynamodb.local"),
+        EndpointConnectionError(endpoint_url="http://dynamodb.local"),
+    ],
+    ids=["read-timeout", "connection-closed", "connection-error"],
+)
+def test_a_confirm_without_answer_after_ses_accepted_never_causes_a_second_send(
+    error: Exception, ses: SesStub, tables: FanOutTables
+) -> None:
+    email_task(tables, "t-1")
+    dispatcher = EmailDispatcher(
+        task_table_name=TASK_TABLE, sender=EMAIL_SENDER, claim_store=ConfirmFailsFirst(error, 1)
+    )
+
+    assert dispatcher.dispatch(email_event(), tables.task("t-1")) is Outcome.DELIVERED
+    # the record is redelivered (a sibling channel failed), even after the lease ran out
+    again = EmailDispatcher(task_table_name=TASK_TABLE, sender=EMAIL_SENDER, claim_store=after_the_lease())
+    assert again.dispatch(email_event(), tables.task("t-1")) is Outcome.SKIPPED
+
+    assert len(ses.sent) == 1
+    assert email_marker(tables, "t-1", "e1")["state"] == "sent"  # type: ignore[index]
+
+
+def test_a_confirm_that_keeps_failing_still_succeeds_and_a_redelivery_in_the_lease_does_not_resend(
+    ses: SesStub, tables: FanOutTables, caplog: pytest.LogCaptureFixture
+) -> None:
+    email_task(tables, "t-1")
+    store = ConfirmFailsFirst(ReadTimeoutError(endpoint_url="http://dynamodb.local"), 100)
+    dispatcher = EmailDispatcher(task_table_name=TASK_TABLE, sender=EMAIL_SENDER, claim_store=store)
+
+    assert dispatcher.dispatch(email_event(), tables.task("t-1")) is Outcome.DELIVERED
+    assert "FANOUT_EMAIL_CONFIRM_FAILED" in [getattr(r, "error_id", None) for r in caplog.records]
+
+    fresh = EmailDispatcher(task_table_name=TASK_TABLE, sender=EMAIL_SENDER, claim_wait_seconds=0.2)
+    with pytest.raises(RetryableError):
+        fresh.dispatch(email_event(), tables.task("t-1"))
+    assert len(ses.sent) == 1
+
+
+def live_claim(lease_left_ms: int) -> dict[str, Any]:
+    """What an attempt whose SendEmail got no answer (read timeout) leaves: a pending claim."""
+    now = int(time.time() * 1000)
+    return {
+        "email:e1": {
+            "state": "pending",
+            "token": "send-timed-out",
+            "generation": 1,
+            "lease_until_ms": now + lease_left_ms,
+            "claimed_at_ms": now - 5_000,
+            "first_claimed_at_ms": now - 5_000,
+        }
+    }
+
+
+def test_a_redelivery_waits_for_a_live_claim_and_sends_once_its_lease_ends(ses: SesStub, tables: FanOutTables) -> None:
+    email_task(tables, "t-1", channel_metadata=live_claim(1_000))
+    dispatcher = EmailDispatcher(task_table_name=TASK_TABLE, sender=EMAIL_SENDER, claim_wait_seconds=5)
+
+    started = time.monotonic()
+    assert dispatcher.dispatch(email_event(), tables.task("t-1")) is Outcome.DELIVERED
+
+    assert time.monotonic() - started >= 0.9  # it waited for the lease instead of failing at once
+    assert len(ses.sent) == 1  # at-least-once: the outcome of the timed-out send was unknown
+    assert email_marker(tables, "t-1", "e1")["state"] == "sent"  # type: ignore[index]
+
+
+def test_a_live_claim_that_outlasts_the_wait_fails_retryably_with_the_lease_left(
+    ses: SesStub, tables: FanOutTables
+) -> None:
+    email_task(tables, "t-1", channel_metadata=live_claim(30_000))
+    dispatcher = EmailDispatcher(task_table_name=TASK_TABLE, sender=EMAIL_SENDER, claim_wait_seconds=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="still held") as raised:
+        dispatcher.dispatch(email_event(), tables.task("t-1"))
+
+    assert 0.45 <= time.monotonic() - started < 5  # bounded: it waited, but not for the whole lease
+    assert raised.value.retry_after_seconds is not None and 25 <= raised.value.retry_after_seconds <= 30
+    assert ses.sent == []

@@ -110,6 +110,58 @@ def test_rate_limits_and_5xx_are_retryable(
     assert len(github.comments_on(REPO, PR_NUMBER)) == 1
 
 
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "0"}, "API rate limit exceeded"),
+        ({}, "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."),
+    ],
+    ids=["primary-limit-headers", "secondary-limit-message-only"],
+)
+def test_403_that_is_a_rate_limit_is_retryable(
+    headers: dict[str, str], message: str, tables: FanOutTables, github: GitHubStub, invoke: Invoke
+) -> None:
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "task_failed")
+    event = tables.next_batch()
+    github.fail_next(403, method="GET", headers=headers, message=message)
+
+    first = invoke(event)
+    assert reported(first) == sequence_numbers(event)
+    assert github.comments_on(REPO, PR_NUMBER) == []
+
+    assert reported(invoke(redelivery(event, first))) == []
+    assert len(github.comments_on(REPO, PR_NUMBER)) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "Resource not accessible by integration"),  # the token lacks the permission
+        ({"X-RateLimit-Remaining": "4999"}, "Unable to create comment because issue is locked."),
+    ],
+    ids=["missing-permission", "locked-issue"],
+)
+def test_403_without_rate_limit_headers_is_terminal_not_retried_until_the_dlq(
+    headers: dict[str, str],
+    message: str,
+    tables: FanOutTables,
+    github: GitHubStub,
+    invoke: Invoke,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "task_completed")
+    github.fail_next(403, method="POST", headers=headers, message=message)
+
+    response = invoke(tables.next_batch())
+
+    assert reported(response) == []  # acknowledged: no redelivery can make GitHub accept it
+    assert github.comments_on(REPO, PR_NUMBER) == []
+    assert channel_warnings(caplog, "github") == []
+    assert any(getattr(r, "channel", None) == "github" and r.levelname == "ERROR" for r in caplog.records)
+
+
 def test_a_broken_connection_is_retryable(tables: FanOutTables, github: GitHubStub, invoke: Invoke) -> None:
     pr_task(tables, "t-1")
     tables.put_event("t-1", "e1", "task_completed")

@@ -437,3 +437,74 @@ def test_cleanup_sees_a_session_message_confirmed_while_the_terminal_was_posting
     assert slack_world.deliver(make_event("task_completed")) is Outcome.DELIVERED
 
     assert session_post and replies(slack_world, thread) == [COMPLETED]
+
+
+# -- agent errors: one message per error event, each deduplicated ---------------------------
+
+
+def test_a_second_different_agent_error_posts_and_each_redelivery_is_deduplicated(
+    slack_world: SlackWorld, thread: str
+) -> None:
+    first = make_event("agent_error", metadata={"error_type": "OOM"})
+    second = make_event("agent_error", metadata={"error_type": "Timeout"})
+
+    assert slack_world.deliver(first) is Outcome.DELIVERED
+    assert slack_world.deliver(second) is Outcome.DELIVERED
+    # redeliveries of both (a sibling channel failed), also to a fresh container
+    assert slack_world.deliver(first) is Outcome.SKIPPED
+    assert slack_world.fresh_container().dispatch(second, slack_world.task()) is Outcome.SKIPPED
+
+    assert replies(slack_world, thread) == ["Agent error on octo/widgets: OOM", "Agent error on octo/widgets: Timeout"]
+
+
+def test_terminal_cleanup_keeps_working_after_several_agent_errors(slack_world: SlackWorld, thread: str) -> None:
+    for event in (
+        make_event("task_created"),
+        make_event("session_started"),
+        make_event("agent_error", metadata={"error_type": "OOM"}),
+        make_event("agent_error", metadata={"error_type": "Timeout"}),
+        make_event("task_completed"),
+    ):
+        assert slack_world.deliver(event) is Outcome.DELIVERED
+
+    # the intermediate created/session messages are gone; agent errors and the terminal stay
+    assert replies(slack_world, thread) == [
+        "Agent error on octo/widgets: OOM",
+        "Agent error on octo/widgets: Timeout",
+        COMPLETED,
+    ]
+    assert slack_world.stub.reactions(CHANNEL, thread) == {"white_check_mark"}
+
+
+# -- adopting another terminal's message: its reaction, not ours -----------------------------
+
+
+def test_adopting_another_terminals_message_sets_the_reaction_of_the_message_owner(
+    slack_world: SlackWorld, thread: str
+) -> None:
+    # The crashed attempt posted "timed out" (and its reaction), then died before confirming.
+    assert slack_world.deliver(make_event("task_timed_out")) is Outcome.DELIVERED
+    [timed_out] = replies(slack_world, thread)
+    slack_world.set_marker("task-1", TERMINAL_MARKER, pending_claim(lease_until_ms=0, event_type="task_timed_out"))
+
+    # task_failed takes the terminal marker over and adopts that message
+    assert slack_world.fresh_container().dispatch(make_event("task_failed"), slack_world.task()) is Outcome.DELIVERED
+
+    assert replies(slack_world, thread) == [timed_out]
+    assert slack_world.stub.reactions(CHANNEL, thread) == {"hourglass"}  # the message says timed out
+    marker = slack_world.marker("task-1", TERMINAL_MARKER)
+    assert marker is not None and marker["state"] == "posted" and marker["event_type"] == "task_timed_out"
+
+
+def test_adopting_reads_the_owner_from_the_message_even_after_a_chain_of_takeovers(
+    slack_world: SlackWorld, thread: str
+) -> None:
+    assert slack_world.deliver(make_event("task_timed_out")) is Outcome.DELIVERED
+    # a task_failed attempt took over and crashed before adopting; the marker now names it
+    slack_world.set_marker("task-1", TERMINAL_MARKER, pending_claim(lease_until_ms=0, event_type="task_failed"))
+
+    stranded = make_event("task_stranded", metadata={"prior_status": "RUNNING"})
+    assert slack_world.fresh_container().dispatch(stranded, slack_world.task()) is Outcome.DELIVERED
+
+    assert len(replies(slack_world, thread)) == 1
+    assert slack_world.stub.reactions(CHANNEL, thread) == {"hourglass"}

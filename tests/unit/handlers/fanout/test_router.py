@@ -107,6 +107,25 @@ def test_unexpected_exception_fails_the_record_naming_the_channel(
     assert line["retryable"] is True and "KeyError" in line["error"]
 
 
+def test_a_dispatchers_malformed_record_error_is_logged_as_malformed_with_its_reason(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack = ScriptedDispatcher("slack", MalformedRecordError("slack task t1 lacks channel_metadata slack_team_id"))
+    github = ScriptedDispatcher("github")
+    router = make_router(metrics, slack, github)
+
+    with pytest.raises(ChannelDeliveryError, match="slack"):  # the record fails: it ends in the DLQ, named
+        router.deliver(event("task_failed"), TASK, TaskEventBudget())
+
+    assert github.received == ["e1"]
+    [line] = [line for line in log_lines(caplog) if line.get("channel") == "slack"]
+    assert line["level"] == "ERROR"
+    assert "malformed" in line["message"].lower() and "unexpected" not in line["message"].lower()
+    assert line["reason"] == "slack task t1 lacks channel_metadata slack_team_id"
+    assert line["retryable"] is False
+    assert counted(metrics) == {"slack_malformed_record": 1, "github_delivered": 1}
+
+
 def test_terminal_failure_is_logged_and_counted_not_raised(metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
     router = make_router(metrics, ScriptedDispatcher("email", Outcome.TERMINAL_FAILURE))
 
