@@ -35,7 +35,8 @@ answer says *why* without a read of its own):
   ``released``, conditional on the token. A retry whose first attempt landed is recognised
   (same token, same result) and answers OK.
 - ``write_fenced``: a TransactWriteItems whose first item is a ConditionCheck on the claim
-  (the holder's token, still pending): the caller's DynamoDB writes land only while it holds.
+  (the holder's token, still pending): the caller's DynamoDB writes land only while it holds;
+  ``update_held``: counters on the claim record itself (an attempt count), fenced the same way.
 
 Waiting (no write): ``wait_while_held`` polls a record that ``acquire`` found ``HELD`` until it
 is no longer live (settled, released, or its lease ran out -- the caller acquires again) or a
@@ -361,6 +362,30 @@ class ClaimStore:
             names=names,
             values={":token": claim.token, ":pending": PENDING, ":released": RELEASED},
             already_done=lambda record: record.state == RELEASED,
+        )
+
+    def update_held(self, claim: Claim, *, add: Mapping[str, int] | None = None) -> WriteResult:
+        """Add to counters on the claim record itself (e.g. an attempt count), only while held.
+
+        Fenced like every holder write: a stale holder's update never lands (STOLEN). Not safe
+        to blindly retry after an unknown answer (the count could rise twice); a caller that
+        counts attempts accepts that a lost answer over-counts by one, never under-counts.
+        """
+        if not add:
+            raise ValueError("update_held needs something to add")
+        names = _Names(claim.location)
+        values: dict[str, Any] = {":token": claim.token, ":pending": PENDING}
+        adds = []
+        for index, (name, delta) in enumerate(add.items()):
+            adds.append(f"{names.field(name)} :d{index}")
+            values[f":d{index}"] = delta
+        return self._holder_write(
+            claim,
+            update="ADD " + ", ".join(adds),
+            condition=f"{names.field('token')} = :token AND {names.field('state')} = :pending",
+            names=names,
+            values=values,
+            already_done=lambda record: False,
         )
 
     def fence(self, claim: Claim) -> dict[str, Any]:

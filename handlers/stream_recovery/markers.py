@@ -146,3 +146,17 @@ def _integer(image: Mapping[str, Any], name: str, *, minimum: int, maximum: int,
     if not minimum <= value <= maximum:
         raise MalformedMarkerError(name, f"out of the {range_name} range: {raw}")
     return value
+
+
+def task_key_of(record: Any) -> str:
+    """The ordering key of a markers-table stream record: the task's ``pk`` from its Keys.
+
+    ``record`` is Powertools' ``DynamoDBRecord`` (or its raw dict); Keys are present on every
+    event name, so REMOVE records are ordered too. A record without them cannot be ordered.
+    """
+    raw = record.raw_event if hasattr(record, "raw_event") else record
+    keys = raw.get("dynamodb", {}).get("Keys", {})
+    value = keys.get(schema.PK, {}).get("S") if isinstance(keys, Mapping) else None
+    if not isinstance(value, str) or not value:
+        raise MalformedMarkerError("Keys.pk", "missing or not a string")
+    return value

@@ -33,7 +33,16 @@ is refused by ``task_pk``):
   ``MARKER_SWEEP_SHARDS`` partition values: the sweeper asks each shard for
   ``recordedAtMicros < cutoff`` and reads only the stale markers, never the table.
 
-The deliveries (claims) table belongs to the stream handler and is not described here yet.
+- **deliveries** (claims) -- ``pk`` (S) ``"{tenant}#{task_id}#{event_sequence}"`` + ``sk`` (S,
+  the config id): one claim per (task, event, config) on the shared claim primitive
+  (``handlers.common.claims``: ``state``, ``token``, ``generation``, ``lease_until_ms``, ...;
+  the spec's claimant / generation / expiresAtMicros are its token / generation /
+  lease_until_ms). Terminal states ``succeeded``, ``gave_up``, ``abandoned``; plus
+  ``deliveryAttemptCount`` (N, raised only by the fenced attempt-started write),
+  ``tenant``, ``taskId``, ``eventSequence``, ``lastStatus``, ``reason`` and ``claimShard``.
+  The sparse index ``byClaimShard`` (``claimShard`` + ``lease_until_ms``) holds exactly the
+  non-terminal claims (the primitive removes ``lease_until_ms`` when a claim is confirmed), so
+  the sweeper finds reclaimable ones (lease in the past) without a scan.
 """
 
 from __future__ import annotations
@@ -118,6 +127,18 @@ MARKER_SWEEP_SHARDS = 8
 MARKER_TTL_SECONDS = 7 * 24 * 3600
 MARKER_STREAM_VIEW = "NEW_IMAGE"
 
+# deliveries (claims)
+DELIVERY_SK = "sk"
+DELIVERY_TENANT = "tenant"
+DELIVERY_TASK_ID = "taskId"
+DELIVERY_EVENT_SEQUENCE = "eventSequence"
+DELIVERY_ATTEMPT_COUNT = "deliveryAttemptCount"
+DELIVERY_LAST_STATUS = "lastStatus"
+DELIVERY_REASON = "reason"
+DELIVERY_CLAIM_SHARD = "claimShard"
+DELIVERY_LEASE = "lease_until_ms"  # the claim primitive's lease attribute
+DELIVERY_CLAIM_INDEX = "byClaimShard"
+
 U64_MAX = 2**64 - 1
 
 
@@ -168,7 +189,19 @@ PENDING_DISPATCHES = TableSchema(
         ),
     ),
 )
-ALL_TABLES = (TASKS, TASK_EVENTS, PUSH_CONFIGS, PENDING_DISPATCHES)
+DELIVERIES = TableSchema(
+    role="deliveries",
+    partition_key=KeyAttribute(PK, "S"),
+    sort_key=KeyAttribute(DELIVERY_SK, "S"),
+    indexes=(
+        IndexSchema(
+            name=DELIVERY_CLAIM_INDEX,
+            partition_key=KeyAttribute(DELIVERY_CLAIM_SHARD, "S"),
+            sort_key=KeyAttribute(DELIVERY_LEASE, "N"),
+        ),
+    ),
+)
+ALL_TABLES = (TASKS, TASK_EVENTS, PUSH_CONFIGS, PENDING_DISPATCHES, DELIVERIES)
 
 
 def task_pk(tenant: str, task_id: str) -> str:
@@ -183,6 +216,11 @@ def task_pk(tenant: str, task_id: str) -> str:
 def sweep_shard(tenant: str, task_id: str) -> str:
     """The marker's sweep-index partition: stable per task, spread over MARKER_SWEEP_SHARDS values."""
     return str(zlib.crc32(task_pk(tenant, task_id).encode()) % MARKER_SWEEP_SHARDS)
+
+
+def delivery_pk(tenant: str, task_id: str, event_sequence: int) -> str:
+    """``"{tenant}#{task_id}#{event_sequence}"``: the claims of one event, one item per config."""
+    return f"{task_pk(tenant, task_id)}{KEY_SEPARATOR}{event_sequence}"
 
 
 def is_terminal_state(state: str) -> bool:

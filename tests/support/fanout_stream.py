@@ -17,13 +17,14 @@ import sys
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from tests.support.ddb_stream import StreamReader
 
 TASK_EVENTS_TABLE = "TaskEvents"
 TASK_TABLE = "Tasks"
@@ -64,7 +65,7 @@ class FanOutTables:
         self.ddb = boto3.client("dynamodb", endpoint_url=endpoint)
         self.streams = boto3.client("dynamodbstreams", endpoint_url=endpoint)
         self.stream_arn = ""
-        self._iterator: str | None = None
+        self._stream: StreamReader
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -94,10 +95,7 @@ class FanOutTables:
                 **({"StreamSpecification": stream} if lookup_table_streams else {}),
             )
         self.stream_arn = events["TableDescription"]["LatestStreamArn"]
-        shard = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
-        self._iterator = self.streams.get_shard_iterator(
-            StreamArn=self.stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
+        self._stream = StreamReader(self.streams, self.stream_arn)
         return self
 
     # -- rows --------------------------------------------------------------------------------
@@ -152,28 +150,13 @@ class FanOutTables:
 
     def read_stream(self) -> list[dict[str, Any]]:
         """Every stream record emitted since the previous read, in stream order."""
-        records: list[dict[str, Any]] = []
-        while True:
-            response = self.streams.get_records(ShardIterator=self._iterator)
-            self._iterator = response.get("NextShardIterator")
-            if not response["Records"]:
-                return records
-            records.extend(response["Records"])
+        return self._stream.read()
 
     def lambda_event(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Wrap stream records the way the event source mapping does."""
-        wrapped = []
-        for record in records:
-            approximate = record["dynamodb"].get("ApproximateCreationDateTime")
-            record = json.loads(json.dumps(record, default=str))
-            if isinstance(approximate, datetime):
-                record["dynamodb"]["ApproximateCreationDateTime"] = int(approximate.timestamp())  # Lambda: epoch
-            record["eventSourceARN"] = self.stream_arn
-            wrapped.append(record)
-        return {"Records": wrapped}
+        return self._stream.lambda_event(records)
 
     def next_batch(self) -> dict[str, Any]:
-        return self.lambda_event(self.read_stream())
+        return self._stream.next_batch()
 
 
 def sequence_numbers(event: Mapping[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ class StreamRecoveryTables:
     task_events: str = "SrTaskEvents"
     push_configs: str = "SrPushConfigs"
     pending_dispatches: str = "SrPendingDispatches"
-    deliveries: str = "SrDeliveries"  # named for the writer's configuration; the stream handler's table
+    deliveries: str = "SrDeliveries"
 
     def name_of(self, table: schema.TableSchema) -> str:
         return {
@@ -22,6 +22,7 @@ class StreamRecoveryTables:
             schema.TASK_EVENTS.role: self.task_events,
             schema.PUSH_CONFIGS.role: self.push_configs,
             schema.PENDING_DISPATCHES.role: self.pending_dispatches,
+            schema.DELIVERIES.role: self.deliveries,
         }[table.role]
 
 
@@ -56,7 +57,7 @@ def create_table_kwargs(name: str, table: schema.TableSchema) -> dict[str, Any]:
 
 
 def create_stream_recovery_tables(ddb: Any, tables: StreamRecoveryTables | None = None) -> StreamRecoveryTables:
-    """The four writer tables in the moto server ``ddb`` talks to; the markers table with its stream."""
+    """The five tables in the moto server ``ddb`` talks to; the markers table with its stream."""
     tables = tables or StreamRecoveryTables()
     for table in schema.ALL_TABLES:
         name = tables.name_of(table)
