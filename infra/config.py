@@ -14,6 +14,8 @@ from typing import Any
 SUBSYSTEMS = ("fanout", "export_runner")
 _ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:(\d{12})?:.+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The characters a Secrets Manager secret name may hold; a prefix of them, no wildcard.
+_SECRET_NAME_PREFIX = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,256}$")
 
 
 class ConfigError(ValueError):
@@ -25,6 +27,8 @@ class FanOutConfig:
     slack_secret_prefix: str | None = None
     github_token_secret_arn: str | None = None
     email_sender: str | None = None
+    # Per-repository token secrets the function may read: names starting with this prefix.
+    github_repo_secret_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def _section(context: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 _KNOWN_KEYS = {
-    "fanout": {"slack_secret_prefix", "github_token_secret_arn", "email_sender"},
+    "fanout": {"slack_secret_prefix", "github_token_secret_arn", "github_repo_secret_prefix", "email_sender"},
     "export_runner": {
         "database_secret_arn",
         "database_cluster_identifier",
@@ -206,10 +210,24 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
     if email_sender is not None and not _EMAIL.match(email_sender):
         raise ConfigError(f"context fanout.email_sender must be an email address, got {email_sender!r}")
     alarm_topic_arn = _optional_arn(context, "alarm_topic_arn", "", "sns")
+    github_token_secret_arn = _optional_arn(fanout, "github_token_secret_arn", "fanout", "secretsmanager")
+    github_repo_secret_prefix = _optional_str(fanout, "github_repo_secret_prefix", "fanout")
+    if github_repo_secret_prefix is not None:
+        if not _SECRET_NAME_PREFIX.match(github_repo_secret_prefix):
+            raise ConfigError(
+                "context fanout.github_repo_secret_prefix must be a secret name prefix such as bgagent/github/ "
+                f"(letters, digits and /_+=.@-, no wildcard), got {github_repo_secret_prefix!r}"
+            )
+        if github_token_secret_arn is None:
+            raise ConfigError(
+                "context fanout.github_repo_secret_prefix needs fanout.github_token_secret_arn "
+                "(per-repository tokens are part of the GitHub channel)"
+            )
     fanout_config = FanOutConfig(
         slack_secret_prefix=_optional_str(fanout, "slack_secret_prefix", "fanout"),
-        github_token_secret_arn=_optional_arn(fanout, "github_token_secret_arn", "fanout", "secretsmanager"),
+        github_token_secret_arn=github_token_secret_arn,
         email_sender=email_sender,
+        github_repo_secret_prefix=github_repo_secret_prefix,
     )
     export_runner_config = _export_runner(context)
     if "fanout" in raw_subsystems and fanout_config == FanOutConfig():

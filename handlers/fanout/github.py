@@ -20,7 +20,44 @@ row at ``channel_metadata.github_comment_id``.
   headers: the token lacks the permission, the issue is locked...) ->
   ``TERMINAL_FAILURE``, logged: no retry can make GitHub accept it.
 
-Idempotency windows (a redelivery re-runs everything):
+The comment only moves forward. A redelivery starts from the lowest failed sequence number of
+the batch, so it re-runs events of *other* tasks that had already succeeded -- and a bisected or
+shorter redelivery can end with a task's older event (``pr_created`` after ``task_completed``).
+So the row keeps the last applied event, ``channel_metadata.github_applied_sequence``, and an
+event older than it is ``SKIPPED`` without any GitHub call.
+
+- Ordered by the stream's sequence number, not the event timestamp. The sequence number is
+  assigned by DynamoDB as it commits each write, one total order per shard, and every event of
+  a task shares its partition key: it is the order the stream delivers, our processor keeps
+  per task, and redelivery resumes from. (Across a shard roll-over -- every few hours, or a
+  split -- Lambda reads the child after its parent; we rely on the child's numbers following
+  the parent's, as DynamoDB issues them; the API documents order only within a shard.) The
+  ``timestamp`` is the producer's clock: events of one second carry the same value (a tie
+  cannot tell a replay from the next event), precision varies ("...:00Z" sorts after
+  "...:00.5Z"), and two writers' clocks disagree. The number is stored as a 40-digit
+  zero-padded string (the API's maximum length; more digits than a DynamoDB number keeps
+  exactly), so the string comparison in the condition is the numeric one. A producer that
+  rewrites an old event row (a MODIFY) gets a new, higher sequence number: the rewrite is
+  shown, as the latest write to the stream.
+- Claim, then edit: a conditional update moves ``github_applied_sequence`` forward
+  (``<=`` the record's number: a redelivery of the *same* event passes and edits again); a
+  failed condition means a newer event was applied -> ``SKIPPED``. When the snapshot read at the
+  start of the record already shows a newer one, even that write is spared. Only then is the
+  comment edited (or created). Windows:
+  - crash (or a retryable GitHub error) between the claim and the edit: the row is ahead of the
+    comment; the record is redelivered, its claim passes (equal), and the edit is made then.
+    Until then the comment shows the previous state, never an older one.
+  - a terminal GitHub error after the claim (422, 403 without a rate limit): the row stays ahead
+    and the comment keeps the previous state until the task's next event edits it.
+  - two invocations of one task overlapping (a timed-out predecessor still running): both
+    claims may pass in order and their PATCHes still land out of order; the comment then shows
+    the older state until the task's next event. Closing this would need a lease around the
+    HTTP call (``handlers/common/claims.py``) for a window Lambda's timeout kill leaves almost
+    empty.
+  (Edit first and record afterwards would let a crash after the edit leave the row *behind* the
+  comment, and a replay of an event in between would pass its check and roll the comment back.)
+
+Idempotency windows of the comment itself (a redelivery re-runs everything):
 - crash after *create* but before the id is saved: the retry finds no id, lists the issue's
   comments and adopts the one with our marker -> still one comment. (The only residual window
   is GitHub's list lagging behind its own create by more than Lambda's redelivery delay.)
@@ -29,14 +66,17 @@ Idempotency windows (a redelivery re-runs everything):
   created and fails retryably, so its redelivery edits the winner's comment.
 - crash after an *edit*: the retry edits again with the same body -- harmless.
 
-Edits are ordered because records of one task are processed in stream order and a failure
-stops the task's later records until the failed one succeeds on redelivery.
-
 Tokens: the repo table's ``github_token_secret_arn`` for the task's repo when present, else the
-stack-wide secret. SecretString is the token itself or JSON with a ``token`` field. Tokens are
-cached per container per secret; repo rows for ``REPO_ROW_TTL_SECONDS``. Each is read by one
-worker at a time, so a cold container whose batch starts many tasks at once reads a secret (and
-a repo row) once, not once per task; after a 401 only the token that failed is dropped.
+stack-wide secret. A repo secret is used only when its ARN starts with the configured
+``repo_secret_arn_prefix`` (the construct's ``github_repo_secret_prefix``: exactly what the role
+may read, in this account and region) or is the stack-wide secret itself; any other -- or any at
+all when no prefix is configured -- is refused before it is read: ``TERMINAL_FAILURE`` for this
+channel with an error line naming the repo and the secret (``FANOUT_GITHUB_REPO_SECRET_REFUSED``),
+because every retry would meet AccessDenied and end in the DLQ. SecretString is the token itself
+or JSON with a ``token`` field. Tokens are cached per container per secret; repo rows for
+``REPO_ROW_TTL_SECONDS``. Each is read by one worker at a time, so a cold container whose batch
+starts many tasks at once reads a secret (and a repo row) once, not once per task; after a 401
+only the token that failed is dropped.
 """
 
 from __future__ import annotations
@@ -83,6 +123,9 @@ from handlers.fanout.task_row import (
 logger = child_logger()
 
 COMMENT_ID_FIELD = "github_comment_id"
+APPLIED_SEQUENCE_FIELD = "github_applied_sequence"
+SEQUENCE_WIDTH = 40  # DynamoDB Streams sequence numbers are 21 to 40 digits
+REPO_SECRET_REFUSED = "FANOUT_GITHUB_REPO_SECRET_REFUSED"
 REQUEST_TIMEOUT_SECONDS = 8.0
 REPO_ROW_TTL_SECONDS = 300.0
 MAX_LIST_PAGES = 20  # 2,000 comments: beyond that we stop looking for our marker and create
@@ -288,11 +331,13 @@ class GitHubDispatcher:
         task_table_name: str,
         default_token_secret_arn: str,
         repo_table_name: str | None = None,
+        repo_secret_arn_prefix: str | None = None,
         api_url: str = "https://api.github.com",
     ) -> None:
         self._task_table = task_table_name
         self._default_secret = default_token_secret_arn
         self._repo_table = repo_table_name
+        self._repo_secret_prefix = repo_secret_arn_prefix
         self._api = GitHubClient(api_url)
         self._tokens: dict[str, str] = {}
         self._repo_secrets: dict[str, tuple[float, str | None]] = {}
@@ -307,6 +352,21 @@ class GitHubDispatcher:
             return Outcome.SKIPPED  # the task has no PR or issue to comment on
         body = render_comment(event, task)
         secret_arn = self._secret_arn_for(target.owner_repo)
+        refusal = self._refusal(secret_arn)
+        if refusal is not None:
+            logger.error(
+                "The repo row names a GitHub token secret this function may not read; not commenting",
+                extra={
+                    "channel": GITHUB,
+                    "repo": target.owner_repo,
+                    "secret_arn": secret_arn,
+                    "reason": refusal,
+                    "error_id": REPO_SECRET_REFUSED,
+                },
+            )
+            return Outcome.TERMINAL_FAILURE
+        if not self._claim_forward_move(event, task):
+            return Outcome.SKIPPED
         try:
             return self._with_token(secret_arn, lambda token: self._upsert_comment(token, target, task, body))
         except _TerminalGitHubError as exc:
@@ -320,6 +380,45 @@ class GitHubDispatcher:
                 },
             )
             return Outcome.TERMINAL_FAILURE
+
+    # -- forward only -----------------------------------------------------------------------
+
+    def _claim_forward_move(self, event: TaskEvent, task: Mapping[str, Any]) -> bool:
+        """Move ``github_applied_sequence`` to this event unless a newer one is there already."""
+        sequence = _ordering_key(event)
+        applied = channel_metadata(task).get(APPLIED_SEQUENCE_FIELD)
+        if isinstance(applied, str) and applied > sequence:  # the row only moves forward: no write needed
+            self._log_older(event, applied)
+            return False
+        ensure_channel_metadata(self._task_table, task)
+        try:
+            client("dynamodb").update_item(
+                TableName=self._task_table,
+                Key={"task_id": {"S": str(task["task_id"])}},
+                UpdateExpression="SET #cm.#seq = :seq",
+                ConditionExpression=(
+                    "attribute_exists(task_id) AND (attribute_not_exists(#cm.#seq) OR #cm.#seq <= :seq)"
+                ),
+                ExpressionAttributeNames={"#cm": "channel_metadata", "#seq": APPLIED_SEQUENCE_FIELD},
+                ExpressionAttributeValues={":seq": {"S": sequence}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not is_conditional_check_failure(exc):
+                raise
+            item = exc.response.get("Item")
+            if not item:
+                raise TaskNotFoundError(f"task {task['task_id']} disappeared before its comment was edited") from exc
+            self._log_older(event, channel_metadata(deserialize_item(item)).get(APPLIED_SEQUENCE_FIELD))
+            return False
+        return True
+
+    @staticmethod
+    def _log_older(event: TaskEvent, applied: object) -> None:
+        logger.info(
+            "The comment already shows a newer event; not editing it back",
+            extra={"channel": GITHUB, "applied_sequence": applied, "sequence": event.sequence_number},
+        )
 
     # -- the comment ------------------------------------------------------------------------
 
@@ -488,6 +587,16 @@ class GitHubDispatcher:
                 self._tokens[secret_arn] = token
             return token
 
+    def _refusal(self, secret_arn: str) -> str | None:
+        """Why ``secret_arn`` (a repo row's) may not be read, or None when the role can read it."""
+        if secret_arn == self._default_secret:
+            return None
+        if self._repo_secret_prefix is None:
+            return "no github_repo_secret_prefix is configured: repo rows may not name a token secret"
+        if not secret_arn.startswith(self._repo_secret_prefix):
+            return f"the function may read only the repo secrets whose ARN starts with {self._repo_secret_prefix}"
+        return None
+
     def _secret_arn_for(self, owner_repo: str) -> str:
         if not self._repo_table:
             return self._default_secret
@@ -556,6 +665,16 @@ def _target(task: Mapping[str, Any]) -> _Target | None:
     if parsed <= 0 or (isinstance(number, (Decimal, float)) and number != parsed):
         raise MalformedRecordError(f"task {task.get('task_id')} has an invalid PR/issue number {number!r}")
     return _Target(repo, parsed)
+
+
+def _ordering_key(event: TaskEvent) -> str:
+    """The event's stream sequence number, zero-padded so that string order is numeric order."""
+    sequence = event.sequence_number
+    if not re.fullmatch(rf"[0-9]{{1,{SEQUENCE_WIDTH}}}", sequence):
+        raise MalformedRecordError(
+            f"event {event.event_id} has no stream sequence number to order it (got {sequence!r})"
+        )
+    return sequence.zfill(SEQUENCE_WIDTH)
 
 
 def _comment_id(value: object) -> int | None:

@@ -47,6 +47,7 @@ def build_dispatchers(settings: FanOutSettings) -> list[ChannelDispatcher]:
                 task_table_name=settings.task_table_name,
                 default_token_secret_arn=settings.github.token_secret_arn,
                 repo_table_name=settings.github.repo_table_name,
+                repo_secret_arn_prefix=settings.github.repo_secret_arn_prefix,
                 api_url=settings.github.api_url,
             )
         )

@@ -6,8 +6,10 @@ when the matching prop is given:
 - Slack:  ``SLACK_SECRET_PREFIX`` (bot token of team T in the secret ``<prefix>T``);
   ``SLACK_API_URL`` optional (slack-sdk's default otherwise).
 - GitHub: ``GITHUB_TOKEN_SECRET_ARN`` (the stack-wide token); ``REPO_TABLE_NAME`` optional
-  (per-repo ``github_token_secret_arn`` overrides); ``GITHUB_API_URL`` optional
-  (default https://api.github.com).
+  (per-repo ``github_token_secret_arn`` overrides); ``GITHUB_REPO_SECRET_ARN_PREFIX`` optional
+  (the ARN prefix, ``arn:<partition>:secretsmanager:<region>:<account>:secret:<prefix>``, of the
+  per-repo secrets the role may read: the construct's ``github_repo_secret_prefix``; without it
+  a repo row naming a secret is refused); ``GITHUB_API_URL`` optional (default https://api.github.com).
 - Email:  ``EMAIL_SENDER`` (a verified SES identity).
 
 ``TASK_TABLE_NAME`` is required as soon as any channel is configured (every dispatcher reads
@@ -20,6 +22,7 @@ the cold start: such a consumer would acknowledge -- i.e. silently drop -- every
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -50,6 +53,7 @@ class GitHubSettings:
     token_secret_arn: str
     repo_table_name: str | None
     api_url: str
+    repo_secret_arn_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> FanOutSettings:
     github = None
     if github_secret:
         api_url = env.parsed("GITHUB_API_URL", _http_url) or DEFAULT_GITHUB_API_URL
-        github = GitHubSettings(github_secret, env.optional("REPO_TABLE_NAME"), api_url.rstrip("/"))
+        github = GitHubSettings(
+            github_secret,
+            env.optional("REPO_TABLE_NAME"),
+            api_url.rstrip("/"),
+            env.parsed("GITHUB_REPO_SECRET_ARN_PREFIX", _secret_arn_prefix),
+        )
     email_sender = env.parsed("EMAIL_SENDER", _email_address)
     email = EmailSettings(email_sender) if email_sender else None
     max_concurrency = env.integer("FANOUT_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, minimum=1, maximum=64)
@@ -99,6 +108,18 @@ def _http_url(raw: str) -> str:
     parsed = urlparse(raw)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"expected an http(s) URL, got {raw!r}")
+    return raw
+
+
+_SECRET_ARN_PREFIX = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$")
+
+
+def _secret_arn_prefix(raw: str) -> str:
+    if not _SECRET_ARN_PREFIX.match(raw):
+        raise ValueError(
+            f"expected a secret ARN prefix like arn:aws:secretsmanager:<region>:<account>:secret:bgagent/github/, "
+            f"got {raw!r}"
+        )
     return raw
 
 

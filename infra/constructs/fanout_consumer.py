@@ -4,11 +4,14 @@ DynamoDB Streams supports about two concurrent readers per shard; every channel 
 this one reader, so adding a channel never costs a reader (EventDriven-SingleStreamReader
 enforces it at synth).
 
-Each optional integration (task table, repo table, GitHub token, Slack secrets, email sender)
-adds its environment variable and its grant if and only if its prop is given.
+Each optional integration (task table, repo table, GitHub token, per-repository GitHub token
+secrets, Slack secrets, email sender) adds its environment variable and its grant if and only if
+its prop is given.
 """
 
 from __future__ import annotations
+
+import re
 
 from aws_cdk import ArnFormat, Duration, Stack, Token
 from aws_cdk import aws_dynamodb as dynamodb
@@ -25,6 +28,8 @@ from infra.constructs.dead_letter_queue import DeadLetterQueue
 from infra.constructs.function_alarms import FunctionAlarms
 from infra.constructs.handler_function import HandlerFunction
 
+# The characters a Secrets Manager secret name may hold (a prefix of them, no wildcard).
+_SECRET_NAME_PREFIX = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,256}$")
 _USABLE_VIEW_TYPES = frozenset(
     {dynamodb.StreamViewType.NEW_IMAGE.value, dynamodb.StreamViewType.NEW_AND_OLD_IMAGES.value}
 )
@@ -53,6 +58,16 @@ def _stream_view_type(table: dynamodb.ITable) -> str | None:
 
 
 class FanOutConsumer(Construct):
+    """The fan-out function, its one stream mapping, DLQ and alarms; grants only what its props need.
+
+    ``github_repo_secret_prefix`` (keyword-only, optional; needs ``repo_table``): a repo row's
+    ``github_token_secret_arn`` may name a secret of this account and region whose name starts
+    with this prefix (e.g. ``bgagent/github/``); the role may read ``secret:<prefix>*`` and the
+    handler refuses (terminal for GitHub, logged with the repo and the secret) a repo secret
+    outside it. Without it the role reads only ``github_token_secret`` and a repo row that
+    names a secret is refused the same way.
+    """
+
     def __init__(
         self,
         scope: Construct,
@@ -63,6 +78,7 @@ class FanOutConsumer(Construct):
         task_table: dynamodb.ITable | None = None,
         repo_table: dynamodb.ITable | None = None,
         github_token_secret: secretsmanager.ISecret | None = None,
+        github_repo_secret_prefix: str | None = None,
         slack_secret_prefix: str | None = None,
         email_sender: str | None = None,
         alarm_topic: sns.ITopic | None = None,
@@ -109,6 +125,28 @@ class FanOutConsumer(Construct):
                 "give github_token_secret too, or leave repo_table out"
             )
 
+        if github_repo_secret_prefix is not None:
+            if Token.is_unresolved(github_repo_secret_prefix) or not _SECRET_NAME_PREFIX.match(
+                github_repo_secret_prefix
+            ):
+                raise ValueError(
+                    "FanOutConsumer: github_repo_secret_prefix must be a secret name prefix such as bgagent/github/ "
+                    f"(a literal of letters, digits and /_+=.@-, no wildcard), got {github_repo_secret_prefix!r}"
+                )
+            if repo_table is None:
+                raise ValueError(
+                    "FanOutConsumer: github_repo_secret_prefix needs repo_table (the repo rows name the secrets)"
+                )
+            if slack_secret_prefix is not None and (
+                slack_secret_prefix.startswith(github_repo_secret_prefix)
+                or github_repo_secret_prefix.startswith(slack_secret_prefix)
+            ):
+                # One grant would then cover the other channel's tokens.
+                raise ValueError(
+                    f"FanOutConsumer: github_repo_secret_prefix {github_repo_secret_prefix!r} and slack_secret_prefix "
+                    f"{slack_secret_prefix!r} overlap; give each channel's secrets a prefix of their own"
+                )
+
         self.dlq = DeadLetterQueue(
             self, "Dlq", encryption_key=encryption_key, alarm_topic=alarm_topic, purpose="the task-event fan-out"
         )
@@ -121,6 +159,8 @@ class FanOutConsumer(Construct):
             environment["REPO_TABLE_NAME"] = repo_table.table_name
         if github_token_secret is not None:
             environment["GITHUB_TOKEN_SECRET_ARN"] = github_token_secret.secret_arn
+        if github_repo_secret_prefix is not None:
+            environment["GITHUB_REPO_SECRET_ARN_PREFIX"] = self._secret_arn(github_repo_secret_prefix)
         if slack_secret_prefix is not None:
             environment["SLACK_SECRET_PREFIX"] = slack_secret_prefix
         if email_sender is not None:
@@ -173,6 +213,7 @@ class FanOutConsumer(Construct):
             task_table=task_table,
             repo_table=repo_table,
             github_token_secret=github_token_secret,
+            github_repo_secret_prefix=github_repo_secret_prefix,
             slack_secret_prefix=slack_secret_prefix,
             email_sender=email_sender,
         )
@@ -196,6 +237,7 @@ class FanOutConsumer(Construct):
         task_table: dynamodb.ITable | None,
         repo_table: dynamodb.ITable | None,
         github_token_secret: secretsmanager.ISecret | None,
+        github_repo_secret_prefix: str | None,
         slack_secret_prefix: str | None,
         email_sender: str | None,
     ) -> None:
@@ -207,19 +249,26 @@ class FanOutConsumer(Construct):
             repo_table.grant(role, "dynamodb:GetItem")
         if github_token_secret is not None:
             github_token_secret.grant_read(role)
-        if slack_secret_prefix is not None:
-            stack = Stack.of(self)
+        if github_repo_secret_prefix is not None:
+            # The handler accepts a repo row's secret only under this same ARN prefix.
             role.add_to_principal_policy(
                 iam.PolicyStatement(
                     actions=["secretsmanager:GetSecretValue"],
-                    resources=[
-                        stack.format_arn(
-                            service="secretsmanager",
-                            resource="secret",
-                            resource_name=f"{slack_secret_prefix}*",
-                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                        )
-                    ],
+                    resources=[self._secret_arn(f"{github_repo_secret_prefix}*")],
+                )
+            )
+            acknowledge(
+                role.node.find_child("DefaultPolicy"),
+                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:{github_repo_secret_prefix}*]",
+                "One GitHub token secret per repository, named by this prefix and listed in the repo table; "
+                "repositories are onboarded at run time and Secrets Manager appends a random suffix to each "
+                "ARN, so the grant covers the prefix and the handler refuses any repo secret outside it.",
+            )
+        if slack_secret_prefix is not None:
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[self._secret_arn(f"{slack_secret_prefix}*")],
                 )
             )
             acknowledge(
@@ -240,3 +289,12 @@ class FanOutConsumer(Construct):
                     ],
                 )
             )
+
+    def _secret_arn(self, name: str) -> str:
+        """The ARN of secret ``name`` (or a ``prefix*`` pattern) in this stack's account and region."""
+        return Stack.of(self).format_arn(
+            service="secretsmanager",
+            resource="secret",
+            resource_name=name,
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )

@@ -39,6 +39,7 @@ class FanOutStack(SubsystemStack):
             task_table=self.task_table,
             repo_table=self.repo_table,
             github_token_secret=github_secret,
+            github_repo_secret_prefix=config.github_repo_secret_prefix,
             slack_secret_prefix=config.slack_secret_prefix,
             email_sender=config.email_sender,
             alarm_topic=self.alarm_topic,

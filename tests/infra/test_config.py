@@ -30,9 +30,35 @@ def test_values_are_read() -> None:
     assert config.fanout.email_sender == "a@example.com"
 
 
+def test_github_repo_secret_prefix_is_read_with_github() -> None:
+    github = {"github_token_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gh-AbCdEf"}
+    config = load_config({"fanout": {**github, "github_repo_secret_prefix": "bgagent/github/"}})
+    assert config.fanout.github_repo_secret_prefix == "bgagent/github/"
+    assert load_config({"fanout": github}).fanout.github_repo_secret_prefix is None
+
+
+_GITHUB_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gh-AbCdEf"
+
+
 @pytest.mark.parametrize(
     ("context", "message"),
     [
+        (
+            {"fanout": {"email_sender": "a@example.com", "github_repo_secret_prefix": "bgagent/github/"}},
+            "github_repo_secret_prefix needs fanout.github_token_secret_arn",
+        ),
+        (
+            {"fanout": {"github_token_secret_arn": _GITHUB_ARN, "github_repo_secret_prefix": "bgagent/*"}},
+            "github_repo_secret_prefix must be a secret name prefix",
+        ),
+        (
+            {"fanout": {"github_token_secret_arn": _GITHUB_ARN, "github_repo_secret_prefix": "arn:aws:x"}},
+            "github_repo_secret_prefix must be a secret name prefix",
+        ),
+        (
+            {"fanout": {"github_token_secret_arn": _GITHUB_ARN, "github_repo_secret_prefix": 3}},
+            "github_repo_secret_prefix must be a string",
+        ),
         ({"subsystems": ["fanout", "mailer"]}, "unknown subsystem 'mailer'"),
         ({"subsystems": ["fanout"]}, "context fanout: set at least one of slack_secret_prefix"),
         ({"subsystems": 3}, "must be a list"),

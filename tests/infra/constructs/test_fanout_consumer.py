@@ -55,6 +55,7 @@ def full() -> Template:
         task_table=True,
         repo_table=True,
         github=True,
+        github_repo_secret_prefix="bgagent/github/",
         slack_secret_prefix="bgagent/slack/",
         email_sender="agent@example.com",
         topic=True,
@@ -164,7 +165,7 @@ def test_alarms_have_no_action_without_a_topic(email_only: Template) -> None:
 def test_channels_not_configured_bring_no_env_and_no_grant(email_only: Template) -> None:
     (function,) = email_only.find_resources("AWS::Lambda::Function").values()
     variables = function["Properties"]["Environment"]["Variables"]
-    for name in ("REPO_TABLE_NAME", "GITHUB_TOKEN_SECRET_ARN", "SLACK_SECRET_PREFIX"):
+    for name in ("REPO_TABLE_NAME", "GITHUB_TOKEN_SECRET_ARN", "GITHUB_REPO_SECRET_ARN_PREFIX", "SLACK_SECRET_PREFIX"):
         assert name not in variables
     actions = _actions(email_only)
     assert not {a for a in actions if a.startswith("secretsmanager:")}
@@ -181,6 +182,74 @@ def test_github_with_repo_table_reads_repo_rows_and_both_secrets() -> None:
     rendered = json.dumps(_statements(template))
     assert GITHUB_SECRET_ARN in rendered and "repotable" in rendered
     assert "ses:SendEmail" not in _actions(template)
+
+
+def _secret_resources(template: Template) -> list[Any]:
+    return [
+        statement["Resource"]
+        for statement in _statements(template)
+        if "secretsmanager:GetSecretValue" in json.dumps(statement["Action"])
+    ]
+
+
+def test_github_repo_secret_prefix_grants_its_secrets_and_tells_the_handler() -> None:
+    template = _template(task_table=True, repo_table=True, github=True, github_repo_secret_prefix="bgagent/github/")
+    (function,) = template.find_resources("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    # The handler refuses a repo row's secret outside exactly what the role may read: the same ARN
+    # prefix, with this stack's partition, region and account.
+    arn_prefix = {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                ":secretsmanager:us-east-1:123456789012:secret:bgagent/github/",
+            ],
+        ]
+    }
+    assert variables["GITHUB_REPO_SECRET_ARN_PREFIX"] == arn_prefix
+    resources = json.dumps(_secret_resources(template))
+    assert ":secretsmanager:us-east-1:123456789012:secret:bgagent/github/*" in resources
+    assert GITHUB_SECRET_ARN in resources
+
+
+def test_without_github_repo_secret_prefix_only_the_stack_wide_secret_is_readable() -> None:
+    template = _template(task_table=True, repo_table=True, github=True)
+    (function,) = template.find_resources("AWS::Lambda::Function").values()
+    assert "GITHUB_REPO_SECRET_ARN_PREFIX" not in function["Properties"]["Environment"]["Variables"]
+    resources = _secret_resources(template)
+    assert resources and all(GITHUB_SECRET_ARN in json.dumps(resource) for resource in resources)
+    assert "*" not in json.dumps(resources)
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"task_table": True, "github": True, "github_repo_secret_prefix": "bgagent/github/"}, "needs repo_table"),
+        (
+            {"task_table": True, "repo_table": True, "github": True, "github_repo_secret_prefix": " "},
+            "github_repo_secret_prefix must be a secret name prefix",
+        ),
+        (
+            {"task_table": True, "repo_table": True, "github": True, "github_repo_secret_prefix": "bgagent/*"},
+            "github_repo_secret_prefix must be a secret name prefix",
+        ),
+        (
+            {
+                "task_table": True,
+                "repo_table": True,
+                "github": True,
+                "github_repo_secret_prefix": "bgagent/",
+                "slack_secret_prefix": "bgagent/slack/",
+            },
+            "overlap",
+        ),
+    ],
+)
+def test_refuses_a_github_repo_secret_prefix_it_cannot_honour(props: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _template(**props)
 
 
 @pytest.mark.parametrize(
@@ -207,7 +276,9 @@ def test_each_integration_brings_its_env_and_grant(full: Template) -> None:
     statements = _statements(full)
     rendered = json.dumps(statements)
     assert "secret:bgagent/slack/*" in rendered
+    assert "secret:bgagent/github/*" in rendered
     assert GITHUB_SECRET_ARN in rendered
+    assert "GITHUB_REPO_SECRET_ARN_PREFIX" in variables
     assert "identity/agent@example.com" in rendered and "identity/example.com" in rendered
     actions = _actions(full)
     assert {"dynamodb:GetItem", "dynamodb:UpdateItem", "secretsmanager:GetSecretValue", "ses:SendEmail"} <= actions

@@ -31,6 +31,14 @@ from tests.support.moto_server import MotoServer
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+@pytest.fixture
+def repo_secret_prefix(fanout_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-repo secrets under bgagent/github/ are allowed (github_repo_secret_prefix), set before the cold start."""
+    monkeypatch.setenv(
+        "GITHUB_REPO_SECRET_ARN_PREFIX", "arn:aws:secretsmanager:us-east-1:123456789012:secret:bgagent/github/"
+    )
+
+
 def test_events_reach_github_and_email(
     tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer
 ) -> None:
@@ -154,6 +162,7 @@ def test_remove_records_are_ignored(tables: FanOutTables, github: GitHubStub, in
     assert len(github.received("PATCH")) == 0  # nothing re-sent for the delete
 
 
+@pytest.mark.usefixtures("repo_secret_prefix")
 def test_repo_specific_token_is_used_when_the_repo_row_has_one(
     tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer
 ) -> None:
@@ -171,6 +180,7 @@ def test_repo_specific_token_is_used_when_the_repo_row_has_one(
     assert len(github.comments_on(REPO, PR_NUMBER)) == 1
 
 
+@pytest.mark.usefixtures("repo_secret_prefix")
 def test_a_cold_container_reads_the_token_secret_and_repo_row_once_for_a_whole_batch(
     tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer
 ) -> None:
@@ -298,9 +308,6 @@ def test_a_configured_channel_without_task_table_fails_the_cold_start(monkeypatc
 
 
 def test_slack_is_wired_when_its_prefix_is_set(fanout_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip(
-        "handlers.fanout.slack", reason="the Slack dispatcher (handlers/fanout/slack.py) is not in the tree yet"
-    )
     monkeypatch.setenv("SLACK_SECRET_PREFIX", "bgagent/slack/")
 
     module: ModuleType = fresh_handler_module()
@@ -315,9 +322,6 @@ def test_all_three_channels_through_the_handler(
     github: GitHubStub,
     aws: MotoServer,
 ) -> None:
-    pytest.importorskip(
-        "handlers.fanout.slack", reason="the Slack dispatcher (handlers/fanout/slack.py) is not in the tree yet"
-    )
     from tests.support.fanout_stream import FakeLambdaContext
     from tests.support.slack_stub import running_slack_stub
 

@@ -1,5 +1,6 @@
 """GitHub faults: 401 and token rotation, 403/429/5xx, broken connections, 404 on edit, other 4xx,
-and the crash/race windows between creating the comment and recording its id."""
+the crash/race windows between creating the comment and recording its id, replays of older
+events (the comment only moves forward), and repo rows naming a token secret the role may not read."""
 
 from __future__ import annotations
 
@@ -10,11 +11,27 @@ import boto3
 import pytest
 
 from tests.support.fanout_fixtures import GITHUB_SECRET_NAME, GITHUB_TOKEN, PR_NUMBER, REPO, pr_task
-from tests.support.fanout_stream import TASK_TABLE, FanOutTables, redelivery, reported, sequence_numbers
+from tests.support.fanout_stream import (
+    TASK_TABLE,
+    FanOutTables,
+    moto_sent_emails,
+    redelivery,
+    reported,
+    sequence_numbers,
+)
 from tests.support.github_stub import DROP_CONNECTION, GitHubStub
 from tests.support.moto_server import MotoServer
 
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
+# What the construct passes for github_repo_secret_prefix="bgagent/github/" in moto's account and region.
+REPO_SECRET_ARN_PREFIX = "arn:aws:secretsmanager:us-east-1:123456789012:secret:bgagent/github/"
+
+
+@pytest.fixture
+def repo_secret_prefix(fanout_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The deployment gave github_repo_secret_prefix (set before the handler's cold start)."""
+    monkeypatch.setenv("GITHUB_REPO_SECRET_ARN_PREFIX", REPO_SECRET_ARN_PREFIX)
+    return REPO_SECRET_ARN_PREFIX
 
 
 def stored_comment_id(tables: FanOutTables, task_id: str) -> int | None:
@@ -294,3 +311,150 @@ def test_task_table_is_never_upserted_for_a_vanished_task(
         TableName=TASK_TABLE, Key={"task_id": {"S": "t-1"}}
     )
     assert "Item" not in item
+
+
+# -- per-repository token secrets -------------------------------------------------------------
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[Any]:
+    return [r for r in caplog.records if getattr(r, "error_id", None) == "FANOUT_GITHUB_REPO_SECRET_REFUSED"]
+
+
+@pytest.mark.usefixtures("repo_secret_prefix")
+def test_a_repo_secret_under_the_configured_prefix_is_used(
+    tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets = boto3.client("secretsmanager", endpoint_url=aws.endpoint)
+    arn = secrets.create_secret(Name="bgagent/github/octo", SecretString='{"token": "ghp_repo"}')["ARN"]
+    tables.put_repo(REPO, github_token_secret_arn=arn)
+    github.accepted_tokens = {"ghp_repo"}
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "task_completed")
+
+    response = invoke(tables.next_batch())
+
+    assert reported(response) == []
+    assert {r.token for r in github.received()} == {"ghp_repo"}
+    assert len(github.comments_on(REPO, PR_NUMBER)) == 1
+    assert refusals(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "created:other/octo",  # a readable secret, but outside the prefix the role may read
+        "arn:aws:secretsmanager:us-east-1:999999999999:secret:bgagent/github/octo-AbCdEf",  # another account
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:bgagent/github/octo-AbCdEf",  # another region
+        "bgagent/github/octo",  # a name, not the ARN the attribute holds
+    ],
+    ids=["other-prefix", "other-account", "other-region", "bare-name"],
+)
+@pytest.mark.usefixtures("repo_secret_prefix")
+def test_a_repo_secret_outside_the_prefix_is_refused_terminally_and_never_read(
+    secret: str,
+    tables: FanOutTables,
+    github: GitHubStub,
+    invoke: Invoke,
+    aws: MotoServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secrets = boto3.client("secretsmanager", endpoint_url=aws.endpoint)
+    if secret.startswith("created:"):
+        secret = secrets.create_secret(Name=secret.removeprefix("created:"), SecretString="ghp_other")["ARN"]
+    tables.put_repo(REPO, github_token_secret_arn=secret)
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "task_completed")
+
+    response = invoke(tables.next_batch())
+
+    assert reported(response) == []  # terminal for GitHub: no redelivery can make the role read it
+    assert github.received() == []  # not with that token, and not with the stack-wide one either
+    (refusal,) = refusals(caplog)
+    assert refusal.levelname == "ERROR"
+    assert (refusal.channel, refusal.repo, refusal.secret_arn) == ("github", REPO, secret)
+    assert moto_sent_emails(aws.endpoint), "the other channels still deliver"
+
+
+def test_without_a_prefix_a_repo_row_naming_a_secret_is_refused(
+    tables: FanOutTables, github: GitHubStub, invoke: Invoke, aws: MotoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets = boto3.client("secretsmanager", endpoint_url=aws.endpoint)
+    arn = secrets.create_secret(Name="bgagent/github/octo", SecretString='{"token": "ghp_repo"}')["ARN"]
+    tables.put_repo(REPO, github_token_secret_arn=arn)
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "task_completed")
+
+    response = invoke(tables.next_batch())
+
+    assert reported(response) == []
+    assert github.received() == []
+    (refusal,) = refusals(caplog)
+    assert (refusal.levelname, refusal.repo, refusal.secret_arn) == ("ERROR", REPO, arn)
+
+
+def test_without_a_prefix_a_repo_row_without_a_secret_uses_the_stack_wide_token(
+    tables: FanOutTables, github: GitHubStub, invoke: Invoke, caplog: pytest.LogCaptureFixture
+) -> None:
+    tables.put_repo(REPO)
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "task_completed")
+
+    assert reported(invoke(tables.next_batch())) == []
+    assert {r.token for r in github.received()} == {GITHUB_TOKEN}
+    assert refusals(caplog) == []
+
+
+# -- replays: the comment only moves forward ------------------------------------------------
+
+
+def applied_sequence(tables: FanOutTables, task_id: str) -> str | None:
+    value = tables.task(task_id).get("channel_metadata", {}).get("github_applied_sequence")
+    return None if value is None else str(int(value))
+
+
+def test_a_replay_of_an_older_event_does_not_roll_the_comment_back(
+    tables: FanOutTables, github: GitHubStub, invoke: Invoke
+) -> None:
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "pr_created")
+    tables.put_event("t-1", "e2", "task_completed")
+    event = tables.next_batch()
+    assert reported(invoke(event)) == []
+    assert "Completed" in github.comments_on(REPO, PR_NUMBER)[0]
+    requests_before = len(github.received())
+    # Lambda redelivers from the lowest failed sequence number of the batch (another task's
+    # record failed), and a bisected or shorter redelivery can end with this task's older event.
+    older = {"Records": [event["Records"][0]]}
+
+    response = invoke(older)
+
+    assert reported(response) == []
+    [comment] = github.comments_on(REPO, PR_NUMBER)
+    assert "Completed" in comment and "Pull request opened" not in comment
+    assert github.received()[requests_before:] == []  # no PATCH (nor any other call) for the older event
+    assert applied_sequence(tables, "t-1") == sequence_numbers(event)[1]
+
+
+def test_the_same_event_redelivered_after_a_crash_between_the_claim_and_the_edit_still_edits(
+    tables: FanOutTables, github: GitHubStub, invoke: Invoke
+) -> None:
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "pr_created")
+    assert reported(invoke(tables.next_batch())) == []
+    tables.put_event("t-1", "e2", "task_completed")
+    event = tables.next_batch()
+    github.fail_next(DROP_CONNECTION, method="PATCH")  # the edit never reaches GitHub (as if we died)
+
+    first = invoke(event)
+
+    assert reported(first) == sequence_numbers(event)
+    # The forward move was claimed before the edit: the row is ahead of the comment now.
+    assert applied_sequence(tables, "t-1") == sequence_numbers(event)[0]
+    assert "Pull request opened" in github.comments_on(REPO, PR_NUMBER)[0]
+
+    second = invoke(redelivery(event, first))
+
+    assert reported(second) == []
+    [comment] = github.comments_on(REPO, PR_NUMBER)
+    assert "Completed" in comment
+    assert [r.status for r in github.received("PATCH")] == [DROP_CONNECTION, 200]
