@@ -70,13 +70,12 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from handlers.common.aws import client
+from handlers.common.dynamo_items import serialize_values, to_plain
 
 PENDING = "pending"
 RELEASED = "released"
@@ -88,9 +87,6 @@ MAX_ACQUIRE_WRITES = 5
 
 Clock = Callable[[], int]
 DynamoItem = Mapping[str, Any]
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 def system_clock_ms() -> int:
@@ -398,7 +394,7 @@ class ClaimStore:
                 "Key": dict(claim.location.key),
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": names.used(condition),
-                "ExpressionAttributeValues": _serialize({":token": claim.token, ":pending": PENDING}),
+                "ExpressionAttributeValues": serialize_values({":token": claim.token, ":pending": PENDING}),
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
@@ -418,7 +414,7 @@ class ClaimStore:
             reasons = exc.response.get("CancellationReasons") or []
             fence_reason = reasons[0] if reasons else {}
             if fence_reason.get("Code") == "ConditionalCheckFailed":
-                record = _record_at(_plain(fence_reason.get("Item")), claim.location.path)
+                record = _record_at(to_plain(fence_reason.get("Item")), claim.location.path)
                 status = Write.GONE if record is None else Write.STOLEN
                 return WriteResult(status, current=record, cancellation_reasons=reasons)
             if any(reason.get("Code") not in (None, "None", "ConditionalCheckFailed") for reason in reasons):
@@ -460,7 +456,7 @@ class ClaimStore:
             request["ProjectionExpression"] = ".".join(names.used_path())
             request["ExpressionAttributeNames"] = names.used(request["ProjectionExpression"])
         response = client("dynamodb").get_item(**request)
-        return _record_at(_plain(response.get("Item")), location.path)
+        return _record_at(to_plain(response.get("Item")), location.path)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -509,15 +505,15 @@ class ClaimStore:
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
         if values:
-            request["ExpressionAttributeValues"] = _serialize(values)
+            request["ExpressionAttributeValues"] = serialize_values(values)
         try:
             response = client("dynamodb").update_item(**request)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-            item = _plain(exc.response.get("Item"))
+            item = to_plain(exc.response.get("Item"))
             return _UpdateOutcome(False, item, _record_at(item, location.path))
-        item = _plain(response.get("Attributes")) if return_old else None
+        item = to_plain(response.get("Attributes")) if return_old else None
         return _UpdateOutcome(True, item, None)
 
 
@@ -581,28 +577,6 @@ class _Names:
     def used(self, *expressions: str) -> dict[str, str]:
         text = " ".join(expressions)
         return {placeholder: name for placeholder, name in self._names.items() if placeholder in text}
-
-
-def _serialize(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: _serializer.serialize(value) for name, value in values.items()}
-
-
-def _plain(item: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not item:
-        return None
-    return {name: _to_python(_deserializer.deserialize(value)) for name, value in item.items()}
-
-
-def _to_python(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Mapping):
-        return {key: _to_python(inner) for key, inner in value.items()}
-    if isinstance(value, list):
-        return [_to_python(inner) for inner in value]
-    if isinstance(value, set):
-        return {_to_python(inner) for inner in value}
-    return value
 
 
 def _record_at(item: Mapping[str, Any] | None, path: tuple[str, ...]) -> ClaimRecord | None:

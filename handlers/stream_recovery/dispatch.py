@@ -38,20 +38,17 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
-
-from boto3.dynamodb.types import TypeDeserializer
 
 from handlers.common.aws import client
 from handlers.common.claims import Acquire, Claim, ClaimLocation, ClaimStore, Write
+from handlers.common.dynamo_items import to_plain
 from handlers.stream_recovery import schema
 from handlers.stream_recovery.delivery import DeliveryKey, DeliveryPolicy, DeliveryResult, Outcome, deliver
 from handlers.stream_recovery.markers import PendingDispatch, is_eligible
 from handlers.stream_recovery.writer import PushConfig
 
 CLAIM_SHARDS = 8
-_deserializer = TypeDeserializer()
 
 
 class StaleClaimError(RuntimeError):
@@ -211,7 +208,7 @@ class Redispatcher:
             )
             .get("Item")
         )
-        return {name: _deserializer.deserialize(value) for name, value in item.items()} if item else None
+        return to_plain(item)
 
     def _configs(self, pk: str) -> list[PushConfig]:
         configs: list[PushConfig] = []
@@ -241,7 +238,7 @@ def _payload(marker: PendingDispatch, event: Mapping[str, Any]) -> dict[str, Any
     status: dict[str, Any] = {"state": str(event.get(schema.EVENT_STATE))}
     message = event.get(schema.EVENT_STATUS_MESSAGE)
     if message is not None:
-        status["message"] = _jsonable(message)
+        status["message"] = message
     return {
         "kind": "status-update",
         "tenant": marker.tenant,
@@ -251,13 +248,3 @@ def _payload(marker: PendingDispatch, event: Mapping[str, Any]) -> dict[str, Any
         "final": True,
         "recordedAtMicros": int(event.get(schema.EVENT_RECORDED_AT_MICROS, 0)),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(inner) for key, inner in value.items()}
-    if isinstance(value, list | set | tuple):
-        return [_jsonable(inner) for inner in value]
-    return value
