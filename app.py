@@ -11,6 +11,7 @@ from infra.compliance import add_compliance_checks
 from infra.config import AppConfig, ConfigError, load_config
 from infra.stacks.export_runner_stack import ExportRunnerStack
 from infra.stacks.fanout_stack import FanOutStack
+from infra.stacks.stream_recovery_stack import StreamRecoveryStack
 
 
 def build_app(app: cdk.App, config: AppConfig) -> cdk.App:
@@ -18,6 +19,10 @@ def build_app(app: cdk.App, config: AppConfig) -> cdk.App:
         FanOutStack(app, "FanOutConsumer", config=config.fanout, alarm_topic_arn=config.alarm_topic_arn)
     if "export_runner" in config.subsystems:
         ExportRunnerStack(app, "ExportRunner", config=config.export_runner, alarm_topic_arn=config.alarm_topic_arn)
+    if "stream_recovery" in config.subsystems:
+        StreamRecoveryStack(
+            app, "StreamRecovery", config=config.stream_recovery, alarm_topic_arn=config.alarm_topic_arn
+        )
     add_compliance_checks(app)
     return app
 
@@ -35,7 +40,7 @@ def main() -> int:
 
 
 def _context(app: cdk.App) -> dict[str, object]:
-    keys = ("subsystems", "alarm_topic_arn", "fanout", "export_runner")
+    keys = ("subsystems", "alarm_topic_arn", "fanout", "export_runner", "stream_recovery")
     return {key: value for key in keys if (value := app.node.try_get_context(key)) is not None}
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SUBSYSTEMS = ("fanout", "export_runner")
+SUBSYSTEMS = ("fanout", "export_runner", "stream_recovery")
 _ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:(\d{12})?:.+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # The characters a Secrets Manager secret name may hold; a prefix of them, no wildcard.
@@ -55,11 +55,32 @@ class ExportRunnerConfig:
 
 
 @dataclass(frozen=True)
+class ExistingStreamRecoveryTables:
+    """The application's own five StreamRecovery tables, by ARN (keys as handlers/stream_recovery/schema.py)."""
+
+    tasks_table_arn: str
+    task_events_table_arn: str
+    push_configs_table_arn: str
+    pending_dispatches_table_arn: str
+    pending_dispatches_stream_arn: str
+    deliveries_table_arn: str
+    # The tables' customer-managed KMS key, when they have one (the roles get it through DynamoDB only).
+    kms_key_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamRecoveryConfig:
+    # None: the stack creates the five tables.
+    existing_tables: ExistingStreamRecoveryTables | None = None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     subsystems: tuple[str, ...]
     alarm_topic_arn: str | None
     fanout: FanOutConfig
     export_runner: ExportRunnerConfig
+    stream_recovery: StreamRecoveryConfig = StreamRecoveryConfig()
 
 
 def _optional_str(section: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -103,7 +124,27 @@ _KNOWN_KEYS = {
         "subnet_ids",
         "deletion_protection",
     },
+    "stream_recovery": {
+        "tasks_table_arn",
+        "task_events_table_arn",
+        "push_configs_table_arn",
+        "pending_dispatches_table_arn",
+        "pending_dispatches_stream_arn",
+        "deliveries_table_arn",
+        "tables_kms_key_arn",
+    },
 }
+# The keys that together name the application's own StreamRecovery tables: all of them or none.
+_EXISTING_STREAM_RECOVERY_KEYS = (
+    "tasks_table_arn",
+    "task_events_table_arn",
+    "push_configs_table_arn",
+    "pending_dispatches_table_arn",
+    "pending_dispatches_stream_arn",
+    "deliveries_table_arn",
+)
+_TABLE_RESOURCE = re.compile(r"^table/[A-Za-z0-9_.-]{3,255}$")
+_STREAM_RESOURCE = re.compile(r"^table/[A-Za-z0-9_.-]{3,255}/stream/[^/]+$")
 # The keys that together describe an existing database: all of them or none.
 _EXISTING_DATABASE_KEYS = (
     "database_secret_arn",
@@ -195,6 +236,50 @@ def _export_runner(context: Mapping[str, Any]) -> ExportRunnerConfig:
     return ExportRunnerConfig(database_name=database_name, deletion_protection=deletion_protection)
 
 
+def _stream_recovery(context: Mapping[str, Any]) -> StreamRecoveryConfig:
+    where = "stream_recovery"
+    section = _section(context, where)
+    arns = {key: _optional_arn(section, key, where, "dynamodb") for key in _EXISTING_STREAM_RECOVERY_KEYS}
+    for key, arn in arns.items():
+        pattern = _STREAM_RESOURCE if key.endswith("_stream_arn") else _TABLE_RESOURCE
+        if arn is not None and not pattern.match(arn.split(":", 5)[5]):
+            shape = "table/<name>/stream/<label>" if key.endswith("_stream_arn") else "table/<name>"
+            raise ConfigError(f"context {where}.{key} must be a DynamoDB ARN ending in {shape}, got {arn!r}")
+    key_arn = _optional_arn(section, "tables_kms_key_arn", where, "kms")
+    given = [key for key, arn in arns.items() if arn is not None]
+    if not given:
+        if key_arn is not None:
+            raise ConfigError(
+                f"context {where}.tables_kms_key_arn is the key of existing tables; give it together with "
+                f"{', '.join(_EXISTING_STREAM_RECOVERY_KEYS)}"
+            )
+        return StreamRecoveryConfig()
+    missing = [key for key in _EXISTING_STREAM_RECOVERY_KEYS if key not in given]
+    if missing:
+        raise ConfigError(
+            f"context {where}: existing tables need {', '.join(_EXISTING_STREAM_RECOVERY_KEYS)}; "
+            f"missing {', '.join(missing)} (give none of them to create the tables)"
+        )
+    markers_table = arns["pending_dispatches_table_arn"] or ""
+    stream_arn = arns["pending_dispatches_stream_arn"] or ""
+    if not stream_arn.startswith(f"{markers_table}/stream/"):
+        raise ConfigError(
+            f"context {where}.pending_dispatches_stream_arn must be a stream of pending_dispatches_table_arn, "
+            f"got {stream_arn!r}"
+        )
+    return StreamRecoveryConfig(
+        existing_tables=ExistingStreamRecoveryTables(
+            tasks_table_arn=arns["tasks_table_arn"] or "",
+            task_events_table_arn=arns["task_events_table_arn"] or "",
+            push_configs_table_arn=arns["push_configs_table_arn"] or "",
+            pending_dispatches_table_arn=markers_table,
+            pending_dispatches_stream_arn=stream_arn,
+            deliveries_table_arn=arns["deliveries_table_arn"] or "",
+            kms_key_arn=key_arn,
+        )
+    )
+
+
 def load_config(context: Mapping[str, Any]) -> AppConfig:
     raw_subsystems = context.get("subsystems", list(SUBSYSTEMS))
     if isinstance(raw_subsystems, str):
@@ -240,4 +325,5 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
         alarm_topic_arn=alarm_topic_arn,
         fanout=fanout_config,
         export_runner=export_runner_config,
+        stream_recovery=_stream_recovery(context),
     )

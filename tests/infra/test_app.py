@@ -53,3 +53,17 @@ def test_fanout_stack_synthesizes_with_every_pack(tmp_path: Path) -> None:
     }
     assert {"AwsSolutions-SQS3", "Serverless-SQSRedrivePolicy", "NIST.800.53.R5-LambdaInsideVPC"} <= acknowledged
     assert "HIPAA.Security-IAMNoInlinePolicy" in acknowledged
+
+
+def test_stream_recovery_stack_synthesizes_with_every_pack(tmp_path: Path) -> None:
+    result = _run_app(tmp_path, {"subsystems": ["stream_recovery"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "StreamRecovery" in manifest["artifacts"] and "FanOutConsumer" not in manifest["artifacts"]
+    report = json.loads((tmp_path / "out" / "validation-report.json").read_text())
+    assert not [v for plugin in report["pluginReports"] for v in plugin.get("violations", [])]
+    template = json.loads((tmp_path / "out" / "StreamRecovery.template.json").read_text())
+    types = [resource["Type"] for resource in template["Resources"].values()]
+    assert types.count("AWS::DynamoDB::Table") == 5 and types.count("AWS::Scheduler::Schedule") == 1
+    # What the application's writer needs is an output of the stack.
+    assert {"StreamRecoveryTasksTable", "StreamRecoveryDeliveriesTable"} <= set(template["Outputs"])

@@ -49,6 +49,16 @@ EVERY_OPTION: dict[str, Any] = {
         "vpc_id": "vpc-0123456789abcdef0",
         "subnet_ids": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
     },
+    "stream_recovery": {
+        f"{role}_table_arn": f"arn:aws:dynamodb:eu-west-1:123456789012:table/app-{role}"
+        for role in ("tasks", "task_events", "push_configs", "pending_dispatches", "deliveries")
+    }
+    | {
+        "pending_dispatches_stream_arn": (
+            "arn:aws:dynamodb:eu-west-1:123456789012:table/app-pending_dispatches/stream/2026-01-01T00:00:00.000"
+        ),
+        "tables_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/66666666-7777-8888-9999-000000000000",
+    },
 }
 CONFIGURATIONS = {"cdk-json": CDK_JSON_CONTEXT, "every-option": {**CDK_JSON_CONTEXT, **EVERY_OPTION}}
 # The reviewed skips of every configuration, by template: (check id, logical id without its hash).
@@ -56,6 +66,10 @@ CONFIGURATIONS = {"cdk-json": CDK_JSON_CONTEXT, "every-option": {**CDK_JSON_CONT
 REVIEWED_SKIPS = {
     "ExportRunner.template.json": {("CKV_AWS_18", "ExportRunnerAccessLogBucket")},
     "FanOutConsumer.template.json": {("CKV_AWS_117", "FanOutConsumerHandlerFunction")},
+    "StreamRecovery.template.json": {
+        ("CKV_AWS_117", "StreamRecoveryStreamWorkerFunction"),
+        ("CKV_AWS_117", "StreamRecoverySweeperFunction"),
+    },
 }
 
 
@@ -90,7 +104,7 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> Scan:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"synth of {name} failed:\n{stderr[-3000:]}"
     templates = sorted(path.relative_to(root).as_posix() for path in root.glob("*/*.template.json"))
-    assert len(templates) == 2 * len(CONFIGURATIONS), templates
+    assert len(templates) == 3 * len(CONFIGURATIONS), templates
     command = [
         str(checkov), "--framework", "cloudformation", "--output", "json", "--skip-download", "--file", *templates,
     ]  # fmt: skip

@@ -11,10 +11,11 @@ from infra.config import ConfigError, load_config
 
 def test_defaults_enable_every_subsystem() -> None:
     config = load_config({"fanout": {"email_sender": "agent@example.com"}})
-    assert config.subsystems == ("fanout", "export_runner")
+    assert config.subsystems == ("fanout", "export_runner", "stream_recovery")
     assert config.alarm_topic_arn is None
     assert config.fanout.slack_secret_prefix is None
     assert config.export_runner.deletion_protection is True
+    assert config.stream_recovery.existing_tables is None
 
 
 def test_values_are_read() -> None:
@@ -38,6 +39,21 @@ def test_github_repo_secret_prefix_is_read_with_github() -> None:
 
 
 _GITHUB_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gh-AbCdEf"
+_TABLE = "arn:aws:dynamodb:eu-west-1:123456789012:table/app-{}"
+_STREAM_RECOVERY_TABLES = {
+    f"{role}_table_arn": _TABLE.format(role)
+    for role in ("tasks", "task_events", "push_configs", "pending_dispatches", "deliveries")
+} | {"pending_dispatches_stream_arn": _TABLE.format("pending_dispatches") + "/stream/2026-01-01T00:00:00.000"}
+
+
+def test_existing_stream_recovery_tables_are_read_all_together() -> None:
+    key = "arn:aws:kms:eu-west-1:123456789012:key/66666666-7777-8888-9999-000000000000"
+    existing = load_config(
+        {"subsystems": ["stream_recovery"], "stream_recovery": {**_STREAM_RECOVERY_TABLES, "tables_kms_key_arn": key}}
+    ).stream_recovery
+    assert existing.existing_tables is not None
+    assert existing.existing_tables.deliveries_table_arn == _TABLE.format("deliveries")
+    assert existing.existing_tables.kms_key_arn == key
 
 
 @pytest.mark.parametrize(
@@ -69,6 +85,45 @@ _GITHUB_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gh-AbCdEf"
         ({"fanout": {"slack_prefix": "x"}}, "unknown keys ['slack_prefix']"),
         ({"fanout": ["x"]}, "context fanout must be an object"),
         ({"export_runner": {"deletion_protection": "yes"}}, "true or false"),
+        (
+            {"subsystems": ["stream_recovery"], "stream_recovery": {"tasks_table_arn": _TABLE.format("tasks")}},
+            "context stream_recovery: existing tables need tasks_table_arn, task_events_table_arn",
+        ),
+        (
+            {
+                "subsystems": ["stream_recovery"],
+                "stream_recovery": {**_STREAM_RECOVERY_TABLES, "tasks_table_arn": "arn:aws:dynamodb:eu-west-1:1:x"},
+            },
+            "stream_recovery.tasks_table_arn must be an ARN of dynamodb",
+        ),
+        (
+            {
+                "subsystems": ["stream_recovery"],
+                "stream_recovery": {**_STREAM_RECOVERY_TABLES, "pending_dispatches_stream_arn": _TABLE.format("x")},
+            },
+            "pending_dispatches_stream_arn must be a DynamoDB ARN ending in table/<name>/stream/<label>",
+        ),
+        (
+            {
+                "subsystems": ["stream_recovery"],
+                "stream_recovery": {
+                    **_STREAM_RECOVERY_TABLES,
+                    "pending_dispatches_stream_arn": _TABLE.format("tasks") + "/stream/2026-01-01T00:00:00.000",
+                },
+            },
+            "pending_dispatches_stream_arn must be a stream of pending_dispatches_table_arn",
+        ),
+        (
+            {
+                "subsystems": ["stream_recovery"],
+                "stream_recovery": {"tables_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/abc"},
+            },
+            "tables_kms_key_arn is the key of existing tables",
+        ),
+        (
+            {"subsystems": ["stream_recovery"], "stream_recovery": {"tasks_table": "x"}},
+            "context stream_recovery has unknown keys ['tasks_table']",
+        ),
     ],
 )
 def test_malformed_values_name_the_key(context: dict[str, Any], message: str) -> None:
