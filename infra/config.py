@@ -6,6 +6,7 @@ app.py prints that line and exits 1 instead of a jsii stack trace.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,16 @@ class FanOutConfig:
     email_sender: str | None = None
     # Per-repository token secrets the function may read: names starting with this prefix.
     github_repo_secret_prefix: str | None = None
+    github_api_url: str | None = None  # GitHub Enterprise Server REST base
+    slack_api_url: str | None = None
+    # The application's own tables (None: the stack creates that table).
+    task_events_table_arn: str | None = None
+    task_events_stream_arn: str | None = None
+    task_table_arn: str | None = None
+    repo_table_arn: str | None = None
+    # Customer-managed keys of those tables, and of the prefixed Slack / per-repository secrets.
+    tables_kms_key_arn: str | None = None
+    secrets_kms_key_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,8 @@ class ExistingDatabaseConfig:
     vpc_id: str
     subnet_ids: tuple[str, ...]
     secret_kms_key_arn: str | None = None
+    # With it the functions log in with IAM as their least-privilege role; without it, with the secret.
+    cluster_resource_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,11 @@ class ExportRunnerConfig:
     database_name: str = "audit"
     # Only for a created cluster; an existing cluster keeps whatever protection it has.
     deletion_protection: bool = True
+    # TLS to the database: a local PEM file with the CA of the database's certificate (the
+    # functions then use verify-full), and the sslmode (require | verify-ca | verify-full;
+    # default verify-full with a bundle, else require: encrypted, server unverified).
+    database_ca_bundle: str | None = None
+    database_sslmode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +129,20 @@ def _section(context: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 _KNOWN_KEYS = {
-    "fanout": {"slack_secret_prefix", "github_token_secret_arn", "github_repo_secret_prefix", "email_sender"},
+    "fanout": {
+        "slack_secret_prefix",
+        "github_token_secret_arn",
+        "github_repo_secret_prefix",
+        "email_sender",
+        "github_api_url",
+        "slack_api_url",
+        "task_events_table_arn",
+        "task_events_stream_arn",
+        "task_table_arn",
+        "repo_table_arn",
+        "tables_kms_key_arn",
+        "secrets_kms_key_arn",
+    },
     "export_runner": {
         "database_secret_arn",
         "database_cluster_identifier",
@@ -123,6 +154,9 @@ _KNOWN_KEYS = {
         "vpc_id",
         "subnet_ids",
         "deletion_protection",
+        "database_cluster_resource_id",
+        "database_ca_bundle",
+        "database_sslmode",
     },
     "stream_recovery": {
         "tasks_table_arn",
@@ -207,6 +241,18 @@ def _export_runner(context: Mapping[str, Any]) -> ExportRunnerConfig:
     vpc_id = _resource_id(export, "vpc_id", where, "vpc")
     subnet_ids = _subnet_ids(export, where)
     key_arn = _optional_arn(export, "database_secret_kms_key_arn", where, "kms")
+    resource_id = _optional_str(export, "database_cluster_resource_id", where)
+    if resource_id is not None and not re.fullmatch(r"cluster-[A-Z0-9]{10,40}", resource_id):
+        raise ConfigError(
+            f"context {where}.database_cluster_resource_id must be a cluster resource id like "
+            f"cluster-ABCDEFGHIJKLMNOPQRSTUVWXY0, got {resource_id!r}"
+        )
+    ca_bundle = _optional_str(export, "database_ca_bundle", where)
+    sslmode = _optional_str(export, "database_sslmode", where)
+    if sslmode not in (None, "require", "verify-ca", "verify-full"):
+        raise ConfigError(
+            f"context {where}.database_sslmode must be require, verify-ca or verify-full, got {sslmode!r}"
+        )
     if secret_arn and cluster_id and endpoint and security_group_id and vpc_id and subnet_ids:
         existing = ExistingDatabaseConfig(
             secret_arn=secret_arn,
@@ -217,9 +263,14 @@ def _export_runner(context: Mapping[str, Any]) -> ExportRunnerConfig:
             vpc_id=vpc_id,
             subnet_ids=subnet_ids,
             secret_kms_key_arn=key_arn,
+            cluster_resource_id=resource_id,
         )
         return ExportRunnerConfig(
-            existing_database=existing, database_name=database_name, deletion_protection=deletion_protection
+            existing_database=existing,
+            database_name=database_name,
+            deletion_protection=deletion_protection,
+            database_ca_bundle=ca_bundle,
+            database_sslmode=sslmode,
         )
     given = [key for key in _EXISTING_DATABASE_KEYS if export.get(key) not in (None, "", [])]
     if given:
@@ -228,23 +279,85 @@ def _export_runner(context: Mapping[str, Any]) -> ExportRunnerConfig:
             f"context {where}: an existing database needs {', '.join(_EXISTING_DATABASE_KEYS)}; "
             f"missing {', '.join(missing)} (give none of them to create a database)"
         )
-    if key_arn is not None or raw_port is not None:
+    if key_arn is not None or raw_port is not None or resource_id is not None:
         raise ConfigError(
-            f"context {where}: database_port and database_secret_kms_key_arn describe an existing database; "
-            f"give them together with {', '.join(_EXISTING_DATABASE_KEYS)}"
+            f"context {where}: database_port, database_secret_kms_key_arn and database_cluster_resource_id describe "
+            f"an existing database; give them together with {', '.join(_EXISTING_DATABASE_KEYS)}"
         )
-    return ExportRunnerConfig(database_name=database_name, deletion_protection=deletion_protection)
+    return ExportRunnerConfig(
+        database_name=database_name,
+        deletion_protection=deletion_protection,
+        database_ca_bundle=ca_bundle,
+        database_sslmode=sslmode,
+    )
+
+
+def _https_url(section: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = _optional_str(section, key, where)
+    if value is not None and not re.fullmatch(r"https://[A-Za-z0-9.-]+(:\d+)?(/[^\s?#]*)?", value):
+        raise ConfigError(f"context {where}.{key} must be an https:// base URL, got {value!r}")
+    return value
+
+
+def _dynamodb_arn(section: Mapping[str, Any], key: str, where: str, *, stream: bool = False) -> str | None:
+    arn = _optional_arn(section, key, where, "dynamodb")
+    pattern = _STREAM_RESOURCE if stream else _TABLE_RESOURCE
+    if arn is not None and not pattern.match(arn.split(":", 5)[5]):
+        shape = "table/<name>/stream/<label>" if stream else "table/<name>"
+        raise ConfigError(f"context {where}.{key} must be a DynamoDB ARN ending in {shape}, got {arn!r}")
+    return arn
+
+
+def _fanout_integrations(fanout: Mapping[str, Any], channels: FanOutConfig) -> FanOutConfig:
+    where = "fanout"
+    github_api_url = _https_url(fanout, "github_api_url", where)
+    slack_api_url = _https_url(fanout, "slack_api_url", where)
+    if github_api_url is not None and channels.github_token_secret_arn is None:
+        raise ConfigError(f"context {where}.github_api_url needs {where}.github_token_secret_arn")
+    if slack_api_url is not None and channels.slack_secret_prefix is None:
+        raise ConfigError(f"context {where}.slack_api_url needs {where}.slack_secret_prefix")
+    events_arn = _dynamodb_arn(fanout, "task_events_table_arn", where)
+    stream_arn = _dynamodb_arn(fanout, "task_events_stream_arn", where, stream=True)
+    if (events_arn is None) != (stream_arn is None):
+        raise ConfigError(
+            f"context {where}: task_events_table_arn and task_events_stream_arn go together (the function reads "
+            "the stream, the ARN names the table); give both or neither"
+        )
+    if events_arn is not None and stream_arn is not None and not stream_arn.startswith(f"{events_arn}/stream/"):
+        raise ConfigError(f"context {where}.task_events_stream_arn must be a stream of task_events_table_arn")
+    task_arn = _dynamodb_arn(fanout, "task_table_arn", where)
+    repo_arn = _dynamodb_arn(fanout, "repo_table_arn", where)
+    if repo_arn is not None and channels.github_token_secret_arn is None:
+        raise ConfigError(f"context {where}.repo_table_arn serves the GitHub channel: give github_token_secret_arn too")
+    tables_key = _optional_arn(fanout, "tables_kms_key_arn", where, "kms")
+    if tables_key is not None and not (events_arn or task_arn or repo_arn):
+        raise ConfigError(f"context {where}.tables_kms_key_arn is the key of existing tables; name at least one table")
+    secrets_key = _optional_arn(fanout, "secrets_kms_key_arn", where, "kms")
+    if secrets_key is not None and not (channels.slack_secret_prefix or channels.github_repo_secret_prefix):
+        raise ConfigError(
+            f"context {where}.secrets_kms_key_arn is the key of the prefixed secrets: set slack_secret_prefix "
+            "or github_repo_secret_prefix"
+        )
+    return dataclasses.replace(
+        channels,
+        github_api_url=github_api_url,
+        slack_api_url=slack_api_url,
+        task_events_table_arn=events_arn,
+        task_events_stream_arn=stream_arn,
+        task_table_arn=task_arn,
+        repo_table_arn=repo_arn,
+        tables_kms_key_arn=tables_key,
+        secrets_kms_key_arn=secrets_key,
+    )
 
 
 def _stream_recovery(context: Mapping[str, Any]) -> StreamRecoveryConfig:
     where = "stream_recovery"
     section = _section(context, where)
-    arns = {key: _optional_arn(section, key, where, "dynamodb") for key in _EXISTING_STREAM_RECOVERY_KEYS}
-    for key, arn in arns.items():
-        pattern = _STREAM_RESOURCE if key.endswith("_stream_arn") else _TABLE_RESOURCE
-        if arn is not None and not pattern.match(arn.split(":", 5)[5]):
-            shape = "table/<name>/stream/<label>" if key.endswith("_stream_arn") else "table/<name>"
-            raise ConfigError(f"context {where}.{key} must be a DynamoDB ARN ending in {shape}, got {arn!r}")
+    arns = {
+        key: _dynamodb_arn(section, key, where, stream=key.endswith("_stream_arn"))
+        for key in _EXISTING_STREAM_RECOVERY_KEYS
+    }
     key_arn = _optional_arn(section, "tables_kms_key_arn", where, "kms")
     given = [key for key, arn in arns.items() if arn is not None]
     if not given:
@@ -308,14 +421,16 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
                 "context fanout.github_repo_secret_prefix needs fanout.github_token_secret_arn "
                 "(per-repository tokens are part of the GitHub channel)"
             )
-    fanout_config = FanOutConfig(
-        slack_secret_prefix=_optional_str(fanout, "slack_secret_prefix", "fanout"),
+    slack_secret_prefix = _optional_str(fanout, "slack_secret_prefix", "fanout")
+    channels = FanOutConfig(
+        slack_secret_prefix=slack_secret_prefix,
         github_token_secret_arn=github_token_secret_arn,
         email_sender=email_sender,
         github_repo_secret_prefix=github_repo_secret_prefix,
     )
+    fanout_config = _fanout_integrations(fanout, channels)
     export_runner_config = _export_runner(context)
-    if "fanout" in raw_subsystems and fanout_config == FanOutConfig():
+    if "fanout" in raw_subsystems and channels == FanOutConfig():
         raise ConfigError(
             "context fanout: set at least one of slack_secret_prefix, github_token_secret_arn, email_sender "
             "(or leave fanout out of subsystems)"

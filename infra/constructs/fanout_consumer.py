@@ -5,13 +5,21 @@ this one reader, so adding a channel never costs a reader (EventDriven-SingleStr
 enforces it at synth).
 
 Each optional integration (task table, repo table, GitHub token, per-repository GitHub token
-secrets, Slack secrets, email sender) adds its environment variable and its grant if and only if
-its prop is given.
+secrets, Slack secrets, email sender, API base URLs) adds its environment variable and its grant
+if and only if its prop is given.
+
+Customer-managed keys: a given table's ``encryption_key`` (``Table.from_table_attributes(...,
+encryption_key=...)`` for an imported one) is granted for use through DynamoDB only, and
+``secrets_encryption_keys`` (the keys of Slack and per-repository GitHub secrets, which are named
+by prefix so their keys cannot be looked up) through Secrets Manager only. The stack-wide GitHub
+secret's own key comes with ``grant_read``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from urllib.parse import urlparse
 
 from aws_cdk import ArnFormat, Duration, Stack, Token
 from aws_cdk import aws_dynamodb as dynamodb
@@ -81,6 +89,11 @@ class FanOutConsumer(Construct):
         github_repo_secret_prefix: str | None = None,
         slack_secret_prefix: str | None = None,
         email_sender: str | None = None,
+        # GitHub Enterprise Server: its REST base, e.g. https://github.example.com/api/v3.
+        github_api_url: str | None = None,
+        # Slack's Web API base (Enterprise Grid proxies, GovSlack: https://slack-gov.com/api/).
+        slack_api_url: str | None = None,
+        secrets_encryption_keys: Sequence[kms.IKey] = (),
         alarm_topic: sns.ITopic | None = None,
         batch_size: int = 100,
         max_batching_window: Duration = Duration.seconds(1),
@@ -147,6 +160,24 @@ class FanOutConsumer(Construct):
                     f"{slack_secret_prefix!r} overlap; give each channel's secrets a prefix of their own"
                 )
 
+        for name, url, needs in (
+            ("github_api_url", github_api_url, github_token_secret),
+            ("slack_api_url", slack_api_url, slack_secret_prefix),
+        ):
+            if url is None:
+                continue
+            parsed = urlparse(url)
+            if parsed.scheme != "https" or not parsed.netloc or parsed.query or parsed.fragment:
+                raise ValueError(f"FanOutConsumer: {name} must be an https:// base URL without query, got {url!r}")
+            if needs is None:
+                channel = "github_token_secret" if name == "github_api_url" else "slack_secret_prefix"
+                raise ValueError(f"FanOutConsumer: {name} is for a configured channel; give {channel} too")
+        if secrets_encryption_keys and slack_secret_prefix is None and github_repo_secret_prefix is None:
+            raise ValueError(
+                "FanOutConsumer: secrets_encryption_keys are the keys of prefixed secrets; give slack_secret_prefix "
+                "or github_repo_secret_prefix (the stack-wide GitHub secret brings its own key)"
+            )
+
         self.dlq = DeadLetterQueue(
             self, "Dlq", encryption_key=encryption_key, alarm_topic=alarm_topic, purpose="the task-event fan-out"
         )
@@ -165,6 +196,10 @@ class FanOutConsumer(Construct):
             environment["SLACK_SECRET_PREFIX"] = slack_secret_prefix
         if email_sender is not None:
             environment["EMAIL_SENDER"] = email_sender
+        if github_api_url is not None:
+            environment["GITHUB_API_URL"] = github_api_url.rstrip("/")
+        if slack_api_url is not None:
+            environment["SLACK_API_URL"] = slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/"
 
         self.handler_function = HandlerFunction(
             self,
@@ -217,6 +252,7 @@ class FanOutConsumer(Construct):
             slack_secret_prefix=slack_secret_prefix,
             email_sender=email_sender,
         )
+        self._grant_keys(task_table=task_table, repo_table=repo_table, secrets_keys=secrets_encryption_keys)
         acknowledge(
             self.handler_function.role.node.find_child("DefaultPolicy"),
             "AwsSolutions-IAM5[Resource::*]",
@@ -287,6 +323,35 @@ class FanOutConsumer(Construct):
                     resources=[
                         stack.format_arn(service="ses", resource="identity", resource_name=i) for i in identities
                     ],
+                )
+            )
+
+    def _grant_keys(
+        self, *, task_table: dynamodb.ITable, repo_table: dynamodb.ITable | None, secrets_keys: Sequence[kms.IKey]
+    ) -> None:
+        """Customer-managed keys of what the function reads and writes, each only through its service."""
+        region = Stack.of(self).region
+        role = self.handler_function.role
+        # The task table takes conditional updates (markers, message ids): encrypt and decrypt.
+        table_keys: list[tuple[kms.IKey, list[str]]] = []
+        if task_table.encryption_key is not None:
+            table_keys.append((task_table.encryption_key, ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]))
+        if repo_table is not None and repo_table.encryption_key is not None:
+            table_keys.append((repo_table.encryption_key, ["kms:Decrypt"]))
+        for key, actions in table_keys:
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=[*actions, "kms:DescribeKey"],
+                    resources=[key.key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": f"dynamodb.{region}.amazonaws.com"}},
+                )
+            )
+        for key in secrets_keys:
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt"],
+                    resources=[key.key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}},
                 )
             )
 

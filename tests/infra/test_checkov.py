@@ -37,6 +37,15 @@ EVERY_OPTION: dict[str, Any] = {
         "github_token_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:github-AbCdEf",
         "github_repo_secret_prefix": "bgagent/github/",
         "email_sender": "agent@example.com",
+        "github_api_url": "https://github.example.com/api/v3",
+        "slack_api_url": "https://slack-gov.com/api/",
+        "task_events_table_arn": "arn:aws:dynamodb:eu-west-1:123456789012:table/task-events",
+        "task_events_stream_arn": (
+            "arn:aws:dynamodb:eu-west-1:123456789012:table/task-events/stream/2026-01-01T00:00:00.000"
+        ),
+        "task_table_arn": "arn:aws:dynamodb:eu-west-1:123456789012:table/tasks",
+        "tables_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/12121212-3434-5656-7878-909090909090",
+        "secrets_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/abababab-cdcd-efef-0101-232323232323",
     },
     "export_runner": {
         "database_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:audit-db-AbCdEf",

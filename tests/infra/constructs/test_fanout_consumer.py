@@ -362,3 +362,129 @@ def test_an_imported_stream_of_unknown_view_type_is_accepted() -> None:
         task_table=tasks,
         email_sender="a@b.co",
     )
+
+
+def _keyed_template(**props: Any) -> tuple[Template, dict[str, str]]:
+    """Tables and prefixed secrets encrypted with their own keys (not the subsystem key)."""
+    app = app_without_bundling()
+    stack = cdk.Stack(app, "Keyed", env=cdk.Environment(account="123456789012", region="us-east-1"))
+    key = kms.Key(stack, "Key", enable_key_rotation=True)
+    keys = {name: kms.Key(stack, name, enable_key_rotation=True) for name in ("EventsKey", "TasksKey", "ReposKey")}
+    secrets_key = kms.Key.from_key_arn(stack, "SecretsKey", SECRETS_KEY_ARN)
+
+    def table(name: str, key_name: str, **extra: Any) -> dynamodb.Table:
+        return dynamodb.Table(
+            stack,
+            name,
+            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
+            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+            encryption_key=keys[key_name],
+            **extra,
+        )
+
+    FanOutConsumer(
+        stack,
+        "FanOut",
+        task_events_table=table("Events", "EventsKey", stream=dynamodb.StreamViewType.NEW_IMAGE),
+        task_table=table("Tasks", "TasksKey"),
+        repo_table=table("Repos", "ReposKey"),
+        github_token_secret=secretsmanager.Secret.from_secret_complete_arn(stack, "Gh", GITHUB_SECRET_ARN),
+        github_repo_secret_prefix="bgagent/github/",
+        slack_secret_prefix="bgagent/slack/",
+        secrets_encryption_keys=[secrets_key],
+        encryption_key=key,
+        **props,
+    )
+    logical = {name: stack.get_logical_id(k.node.default_child) for name, k in keys.items()}  # type: ignore[arg-type]
+    return Template.from_stack(stack), logical
+
+
+SECRETS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/99999999-8888-7777-6666-555555555555"
+
+
+def _key_statements(template: Template, resource: Any) -> list[dict[str, Any]]:
+    return [s for s in _statements(template) if s["Resource"] == resource]
+
+
+def test_customer_managed_keys_are_granted_each_only_through_its_service() -> None:
+    template, logical = _keyed_template()
+    tasks = _key_statements(template, {"Fn::GetAtt": [logical["TasksKey"], "Arn"]})
+    assert [(set(s["Action"]), s["Condition"]) for s in tasks] == [
+        (
+            {"kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"},
+            {"StringEquals": {"kms:ViaService": "dynamodb.us-east-1.amazonaws.com"}},
+        )
+    ]
+    repos = _key_statements(template, {"Fn::GetAtt": [logical["ReposKey"], "Arn"]})
+    assert [(set(s["Action"]), s["Condition"]) for s in repos] == [
+        ({"kms:Decrypt", "kms:DescribeKey"}, {"StringEquals": {"kms:ViaService": "dynamodb.us-east-1.amazonaws.com"}})
+    ]
+    secrets = _key_statements(template, SECRETS_KEY_ARN)
+    assert [(s["Action"], s["Condition"]) for s in secrets] == [
+        ("kms:Decrypt", {"StringEquals": {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}})
+    ]
+    # The stream's records are decrypted with the events table's key (the event source's grant).
+    events = _key_statements(template, {"Fn::GetAtt": [logical["EventsKey"], "Arn"]})
+    assert any("kms:Decrypt" in json.dumps(s["Action"]) for s in events)
+
+
+def test_api_base_urls_reach_the_handler_only_when_given() -> None:
+    template = _template(
+        task_table=True,
+        github=True,
+        slack_secret_prefix="bgagent/slack/",
+        github_api_url="https://github.example.com/api/v3/",
+        slack_api_url="https://slack-gov.com/api",
+    )
+    (function,) = template.find_resources("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["GITHUB_API_URL"] == "https://github.example.com/api/v3"
+    assert variables["SLACK_API_URL"] == "https://slack-gov.com/api/"
+    (default,) = _template(task_table=True, github=True).find_resources("AWS::Lambda::Function").values()
+    assert not {"GITHUB_API_URL", "SLACK_API_URL"} & set(default["Properties"]["Environment"]["Variables"])
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"github": True, "github_api_url": "http://github.example.com/api/v3"}, "github_api_url must be an https://"),
+        (
+            {"email_sender": "a@example.com", "github_api_url": "https://ghe.example.com/api/v3"},
+            "give github_token_secret",
+        ),
+        (
+            {"email_sender": "a@example.com", "slack_api_url": "https://slack.example.com/api/"},
+            "give slack_secret_prefix",
+        ),
+        ({"slack_secret_prefix": "s/", "slack_api_url": "https://slack.example.com/api/?x=1"}, "without query"),
+    ],
+)
+def test_base_urls_are_validated_at_synth(props: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match="FanOutConsumer: ") as raised:
+        _template(task_table=True, **props)
+    assert message in str(raised.value)
+
+
+def test_secrets_keys_without_prefixed_secrets_are_refused() -> None:
+    app = app_without_bundling()
+    stack = cdk.Stack(app, "T", env=cdk.Environment(account="123456789012", region="us-east-1"))
+    key = kms.Key(stack, "Key", enable_key_rotation=True)
+    table = dynamodb.Table(
+        stack,
+        "Events",
+        partition_key=dynamodb.Attribute(name="task_id", type=dynamodb.AttributeType.STRING),
+        stream=dynamodb.StreamViewType.NEW_IMAGE,
+    )
+    tasks = dynamodb.Table(
+        stack, "Tasks", partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING)
+    )
+    with pytest.raises(ValueError, match="secrets_encryption_keys are the keys of prefixed secrets"):
+        FanOutConsumer(
+            stack,
+            "FanOut",
+            task_events_table=table,
+            task_table=tasks,
+            email_sender="a@example.com",
+            secrets_encryption_keys=[key],
+            encryption_key=key,
+        )
