@@ -172,7 +172,7 @@ def test_channels_not_configured_bring_no_env_and_no_grant(email_only: Template)
     assert {"dynamodb:GetItem", "dynamodb:UpdateItem", "ses:SendEmail"} <= actions
 
 
-def test_github_with_repo_table_reads_repo_rows_and_both_secrets() -> None:
+def test_github_with_repo_table_reads_repo_rows_and_only_the_stack_wide_secret() -> None:
     template = _template(task_table=True, repo_table=True, github=True)
     (function,) = template.find_resources("AWS::Lambda::Function").values()
     variables = function["Properties"]["Environment"]["Variables"]
@@ -181,6 +181,8 @@ def test_github_with_repo_table_reads_repo_rows_and_both_secrets() -> None:
     assert not {"SLACK_SECRET_PREFIX", "EMAIL_SENDER"} & set(variables)
     rendered = json.dumps(_statements(template))
     assert GITHUB_SECRET_ARN in rendered and "repotable" in rendered
+    # Without github_repo_secret_prefix a repo row's own secret is refused, so none is readable.
+    assert _secret_resources(template) == [GITHUB_SECRET_ARN]
     assert "ses:SendEmail" not in _actions(template)
 
 
