@@ -1,10 +1,13 @@
 """Append an audit event to its tenant's hash chain.
 
-Writers of one tenant are serialised by a transaction-scoped advisory lock on the tenant: the
-lock is taken before reading the chain tail and held until the caller's transaction commits,
-so the next writer reads a tail that includes this event. Two writers can therefore never
-link to the same predecessor (no fork), and a rolled-back write releases the lock without
-leaving a link behind.
+Writers of one tenant are serialised by a transaction-scoped advisory lock on the tenant, taken
+by ``compliance.lock_audit_chain`` (migration 0003) before it reads the chain tail and held
+until the caller's transaction commits, so the next writer reads a tail that includes this
+event, and a rolled-back write releases the lock without leaving a link behind. That holds
+only under READ COMMITTED (a REPEATABLE READ or SERIALIZABLE snapshot may predate the lock), so
+the lock function refuses any other isolation level (IsolationLevelError here). Whatever a
+writer does, the schema admits no fork: ``UNIQUE (tenant_id, prev_hash)`` and one NULL
+prev_hash per tenant.
 
 The hash covers the payload exactly as Postgres will return it: the payload goes through a
 jsonb round trip first (jsonb normalises numbers, key order and duplicate keys), and the
@@ -19,7 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import rfc8785
@@ -33,6 +36,18 @@ EVENT_TYPE_PATTERN = re.compile(r"^(" + "|".join(EVENT_TYPE_PREFIXES) + r")(\.[a
 
 class AuditEventError(ValueError):
     """The event cannot be recorded as given (the message says which field and why)."""
+
+
+class IsolationLevelError(RuntimeError):
+    """The transaction does not run at READ COMMITTED, under which alone the chain lock and the
+    rate limit serialise their writers (the message names the level found)."""
+
+
+def raise_isolation_error(exc: psycopg.errors.InvalidTransactionState) -> NoReturn:
+    diag = exc.diag
+    message = diag.message_primary or str(exc)
+    hint = f" ({diag.message_hint})" if diag.message_hint else ""
+    raise IsolationLevelError(message + hint) from exc
 
 
 @dataclass(frozen=True)
@@ -105,25 +120,14 @@ def write_audit_event(conn: psycopg.Connection[Any], event: AuditEvent) -> Recor
         raise AuditEventError(f"payload is not JSON-serialisable: {exc}") from exc
 
     with conn.transaction():
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"compliance.audit_chain:{event.tenant_id}",)
-        )
-        # A separate statement from the lock: its snapshot is taken after the lock is held, so
-        # it sees the tail committed by the writer we waited for.
-        row = conn.execute(
-            """
-            WITH tail AS (
-                SELECT event_hash, recorded_at FROM compliance.audit_events
-                WHERE tenant_id = %(tenant_id)s
-                ORDER BY recorded_at DESC, event_id DESC
-                LIMIT 1
-            )
-            SELECT %(payload)s::jsonb::text,
-                   (SELECT event_hash FROM tail),
-                   greatest(clock_timestamp(), (SELECT recorded_at FROM tail) + interval '1 microsecond')
-            """,
-            {"tenant_id": event.tenant_id, "payload": payload_json},
-        ).fetchone()
+        try:
+            row = conn.execute(
+                "SELECT %(payload)s::jsonb::text, tail.prev_hash, tail.recorded_at"
+                " FROM compliance.lock_audit_chain(%(tenant_id)s) AS tail",
+                {"tenant_id": event.tenant_id, "payload": payload_json},
+            ).fetchone()
+        except psycopg.errors.InvalidTransactionState as exc:
+            raise_isolation_error(exc)
         assert row is not None
         stored_payload_text, prev_hash, recorded_at = row
         try:

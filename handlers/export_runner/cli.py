@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from handlers.common.config import ConfigurationError, EnvReader
 from handlers.export_runner import jobs
+from handlers.export_runner.audit_writer import IsolationLevelError
 from handlers.export_runner.db import Database, read_database_settings
 from handlers.export_runner.export_job import Outcome, RunnerDependencies, run_export_job
 from handlers.export_runner.migrate import MigrationError, apply_migrations
@@ -242,7 +243,15 @@ def main(
     except UsageError as exc:
         stderr.write(f"{PROG}: usage error: {_one_line(exc)} (see --help)\n")
         return 2
-    except (CommandError, ExportRequestError, DownloadUrlError, VerifyError, ConfigurationError, MigrationError) as exc:
+    except (
+        CommandError,
+        ExportRequestError,
+        DownloadUrlError,
+        VerifyError,
+        ConfigurationError,
+        MigrationError,
+        IsolationLevelError,
+    ) as exc:
         stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
         return 1
     except (psycopg.Error, BotoCoreError, ClientError, OSError) as exc:

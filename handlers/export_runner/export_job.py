@@ -7,8 +7,18 @@ Retry and idempotency windows (the queue delivers at least once, up to 3 times):
   every other one (a duplicate, a redelivery, a second runner) matches no row, logs
   skip-not-queued and is acknowledged.
 - after the claim, every failure is recorded on the job (failed, job_error) and acknowledged:
-  a redelivery could not run the job again anyway. If even recording fails, it is logged and
-  acknowledged; the job stays running and the sweeper fails it after the function timeout.
+  a redelivery could not run the job again anyway. That includes loading the job right after
+  the claim and recording its completion (a lost connection there used to leave the job
+  running for the sweeper). If even recording fails, it is logged and acknowledged; the job
+  stays running and the sweeper fails it after the function timeout.
+- the deadline (``time_left_ms``: what remains before the runner must stop) holds everywhere:
+  it is checked before the export query starts, bounds the query itself (``statement_timeout``,
+  so a query that blocks or produces no part yet is cancelled by Postgres), is checked at each
+  part and once more before CompleteMultipartUpload; past it the upload is aborted and the job
+  failed while there is still time to record it.
+- recording the completion fails (the connection is lost): the job is failed (``WHERE
+  status='running'``) and the object deleted; if that finds the job no longer running, the
+  completion did commit before the connection broke, and the export stands.
 - killed between the claim and the final update (timeout, crash): the job stays running until
   the sweeper fails it; an unfinished multipart upload is never visible and the bucket's
   lifecycle rule removes it; an upload that did complete is an orphan object the 7-day
@@ -29,11 +39,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from aws_lambda_powertools import Logger
 
 from handlers.export_runner import jobs
 from handlers.export_runner.db import Database
-from handlers.export_runner.exporter import ExportResult, stream_copy_to_s3
+from handlers.export_runner.exporter import ExportDeadlineExceeded, ExportResult, stream_copy_to_s3
 from handlers.export_runner.filters import (
     FilterError,
     export_copy_statement,
@@ -111,18 +122,30 @@ def run_export_job(
     deps: RunnerDependencies,
     *,
     logger: Logger,
-    deadline: Callable[[], bool] | None = None,
+    time_left_ms: Callable[[], int] | None = None,
 ) -> RunReport:
-    with deps.database.connect(application_name=STATE_APPLICATION) as conn:
-        if not jobs.claim_job(conn, job_id):
+    """Run one job. ``time_left_ms``: milliseconds left before the runner must stop (None: no limit)."""
+    deadline = (lambda: time_left_ms() <= 0) if time_left_ms is not None else None
+    claimed = False
+    try:
+        with deps.database.connect(application_name=STATE_APPLICATION) as conn:
+            if not jobs.claim_job(conn, job_id):
+                job = jobs.get_job(conn, job_id)
+                logger.info(
+                    "skip-not-queued: job is not queued, acknowledging",
+                    job_id=str(job_id),
+                    status=job.status if job else "missing",
+                )
+                return RunReport(job_id, Outcome.SKIPPED_NOT_QUEUED)
+            claimed = True
             job = jobs.get_job(conn, job_id)
-            logger.info(
-                "skip-not-queued: job is not queued, acknowledging",
-                job_id=str(job_id),
-                status=job.status if job else "missing",
-            )
-            return RunReport(job_id, Outcome.SKIPPED_NOT_QUEUED)
-        job = jobs.get_job(conn, job_id)
+    except Exception as exc:
+        if not claimed:
+            raise  # nothing happened yet: reported, redelivered
+        error = f"could not load the job after claiming it: {_describe(exc)}"
+        logger.exception(error, job_id=str(job_id))
+        _record_failure(job_id, error, deps, logger)
+        return RunReport(job_id, Outcome.FAILED, error=error)
 
     key: str | None = None
     try:
@@ -132,17 +155,28 @@ def run_export_job(
         export_filter = parse_filter(job.filter, job_tenant_id=job.tenant_id)
         key = object_key(job.tenant_id, job.job_id, export_format)
         statement, params = export_copy_statement(job.tenant_id, export_filter, export_format)
+        if deadline is not None and deadline():
+            raise ExportDeadlineExceeded("export stopped before the function timeout")
         with deps.database.connect(application_name=stream_application_name(job_id)) as stream_conn:
-            result = stream_copy_to_s3(
-                stream_conn,
-                statement,
-                params,
-                s3=deps.s3,
-                bucket=deps.bucket,
-                key=key,
-                content_type=export_format.content_type,
-                deadline=deadline,
-            )
+            if time_left_ms is not None:
+                # Postgres cancels the query itself at the deadline, also while it has produced
+                # nothing yet (a lock wait, a slow scan) and the part-by-part check cannot run.
+                stream_conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{time_left_ms()}ms",))
+            try:
+                result = stream_copy_to_s3(
+                    stream_conn,
+                    statement,
+                    params,
+                    s3=deps.s3,
+                    bucket=deps.bucket,
+                    key=key,
+                    content_type=export_format.content_type,
+                    deadline=deadline,
+                )
+            except psycopg.errors.QueryCanceled as exc:
+                raise ExportDeadlineExceeded(
+                    f"export query cancelled at the deadline before the function timeout ({exc.diag.message_primary})"
+                ) from exc
         url, expires_at = presign_download(deps.s3, deps.bucket, key, deps.presign_ttl_seconds)
     except JobVanishedError as exc:
         _record_failure(job_id, str(exc), deps, logger)
@@ -153,8 +187,11 @@ def run_export_job(
         _record_failure(job_id, error, deps, logger)
         return RunReport(job_id, Outcome.FAILED, s3_key=key, error=error)
 
-    with deps.database.connect(application_name=STATE_APPLICATION) as conn:
-        completed = jobs.complete_job(conn, job_id, s3_key=key, url=url, expires_at=expires_at)
+    try:
+        with deps.database.connect(application_name=STATE_APPLICATION) as conn:
+            completed = jobs.complete_job(conn, job_id, s3_key=key, url=url, expires_at=expires_at)
+    except Exception as exc:
+        return _completion_unrecorded(job_id, key, result, exc, deps, logger)
     if not completed:
         # Swept (or deleted) while we worked: the job already says failed, so the object must
         # not outlive it as an unexplained download.
@@ -175,6 +212,27 @@ def run_export_job(
     return RunReport(job_id, Outcome.COMPLETED, s3_key=key, result=result)
 
 
+def _completion_unrecorded(
+    job_id: uuid.UUID, key: str, result: ExportResult, exc: Exception, deps: RunnerDependencies, logger: Logger
+) -> RunReport:
+    """The completing UPDATE raised: fail the job if it is still running, else the completion stood."""
+    error = f"could not record the completed export: {_describe(exc)}"
+    logger.exception(error, job_id=str(job_id), s3_key=key)
+    if _record_failure(job_id, error, deps, logger):
+        _delete_quietly(deps, key, logger)
+        return RunReport(job_id, Outcome.FAILED, s3_key=key, result=result, error=error)
+    try:
+        with deps.database.connect(application_name=STATE_APPLICATION) as conn:
+            job = jobs.get_job(conn, job_id)
+    except Exception:
+        logger.exception("could not read the job back after an unrecorded completion", job_id=str(job_id))
+        job = None
+    if job is not None and job.status == jobs.JobStatus.COMPLETE and job.s3_key == key:
+        logger.warning("the completion committed before its connection broke", job_id=str(job_id), s3_key=key)
+        return RunReport(job_id, Outcome.COMPLETED, s3_key=key, result=result)
+    return RunReport(job_id, Outcome.FAILED, s3_key=key, result=result, error=error)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, FilterError):
         return f"invalid job: {exc}"
@@ -182,7 +240,8 @@ def _describe(exc: Exception) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _record_failure(job_id: uuid.UUID, error: str, deps: RunnerDependencies, logger: Logger) -> None:
+def _record_failure(job_id: uuid.UUID, error: str, deps: RunnerDependencies, logger: Logger) -> bool:
+    """Mark the running job failed; True when this call did (False: not running, or unrecordable)."""
     try:
         with deps.database.connect(application_name=STATE_APPLICATION) as conn:
             recorded = jobs.fail_job(conn, job_id, error)
@@ -190,7 +249,7 @@ def _record_failure(job_id: uuid.UUID, error: str, deps: RunnerDependencies, log
         logger.exception(
             "could not record the job failure; acknowledging, the sweeper will fail the job", job_id=str(job_id)
         )
-        return
+        return False
     if recorded:
         logger.warning("job failed", job_id=str(job_id), job_error=jobs.truncate_error(error))
     else:
@@ -199,6 +258,7 @@ def _record_failure(job_id: uuid.UUID, error: str, deps: RunnerDependencies, log
             job_id=str(job_id),
             job_error=error,
         )
+    return recorded
 
 
 def _delete_quietly(deps: RunnerDependencies, key: str, logger: Logger) -> None:

@@ -219,8 +219,8 @@ def stream_copy_to_s3(
 ) -> ExportResult:
     """Run ``statement`` (a COPY ... TO STDOUT) and store its output as ``s3://bucket/key``.
 
-    ``deadline`` is polled at each part: when it returns True the export stops with
-    ExportDeadlineExceeded (the upload is aborted like any other failure).
+    ``deadline`` is polled at each part and before the upload is completed: when it returns True
+    the export stops with ExportDeadlineExceeded (the upload is aborted like any other failure).
     """
     upload = MultipartUpload(
         s3,
@@ -240,6 +240,10 @@ def stream_copy_to_s3(
                     write(block)
             rows = cursor.rowcount
         streamed = time.monotonic()
+        # Completing makes the object visible; past the deadline the job could not be recorded
+        # as complete anyway, so abort instead.
+        if deadline is not None and deadline():
+            raise ExportDeadlineExceeded("export stopped before the function timeout")
         upload.finish()
     except BaseException:
         upload.abort()

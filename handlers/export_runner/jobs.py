@@ -126,6 +126,13 @@ def fail_job(
     return cursor.rowcount == 1
 
 
+def fail_unsent_job(conn: psycopg.Connection[Any], job_id: uuid.UUID, error: str) -> bool:
+    """The producer's queued -> failed when the queue send failed (compliance.fail_unsent_export_job:
+    the producer's role may change a job only this way)."""
+    row = conn.execute("SELECT compliance.fail_unsent_export_job(%s, %s)", (job_id, truncate_error(error))).fetchone()
+    return bool(row and row[0])
+
+
 def set_download_url(conn: psycopg.Connection[Any], job_id: uuid.UUID, *, url: str, expires_at: datetime) -> bool:
     cursor = conn.execute(
         "UPDATE compliance.export_jobs SET presigned_url = %s, presigned_url_expires_at = %s"
@@ -135,11 +142,12 @@ def set_download_url(conn: psycopg.Connection[Any], job_id: uuid.UUID, *, url: s
     return cursor.rowcount == 1
 
 
-def count_recent_requests(conn: psycopg.Connection[Any], requested_by_actor_id: str, window: timedelta) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM compliance.export_jobs WHERE requested_by_actor_id = %s AND requested_at > now() - %s",
-        (requested_by_actor_id, window),
-    ).fetchone()
+def lock_and_count_recent_requests(conn: psycopg.Connection[Any], requested_by_actor_id: str, window: timedelta) -> int:
+    """Lock the actor's rate slot for the rest of the transaction and count its recent requests.
+
+    Raises psycopg.errors.InvalidTransactionState outside READ COMMITTED (migration 0003).
+    """
+    row = conn.execute("SELECT compliance.lock_export_rate(%s, %s)", (requested_by_actor_id, window)).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -3,14 +3,17 @@
 Order of effects and what a crash between them leaves:
 1. one transaction inserts the job (queued) and its ``data.export_initiated`` audit event,
    after counting the actor's requests of the last hour under an advisory lock on the actor
-   (two concurrent requests cannot both take the tenth slot). A crash before the commit
-   leaves nothing.
+   (``compliance.lock_export_rate``: two concurrent requests cannot both take the tenth slot).
+   The lock serialises only under READ COMMITTED, so a transaction at any other isolation
+   level is refused (IsolationLevelError). A crash before the commit leaves nothing.
 2. after the commit, ``{"jobId": ...}`` goes to the queue. The message is sent only once the
    job is visible, so the runner's claim always finds it. A crash between the commit and the
    send leaves a queued job with no message: the sweeper fails it once it is older than the
-   queue's retention. A send that fails marks the job failed (queued -> failed) with the
-   reason; if the message did arrive after all (an ambiguous timeout), the runner's claim
-   finds the job failed and skips it, so the caller's "failed" stays true.
+   queue's retention. A send that fails marks the job failed (queued -> failed, conditional)
+   with the reason. If the message did arrive after all (an ambiguous timeout), either that
+   conditional fail wins and the runner's claim finds the job failed and skips it (the
+   caller's "failed" stays true), or the runner's claim won and the fail matches nothing: then
+   the job runs and the caller gets it back (running or complete), never a failure.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from handlers.common.aws import client
 from handlers.export_runner import jobs
-from handlers.export_runner.audit_writer import ACTOR_TYPES, AuditEvent, write_audit_event
+from handlers.export_runner.audit_writer import ACTOR_TYPES, AuditEvent, raise_isolation_error, write_audit_event
 from handlers.export_runner.filters import (
     ALL_TENANTS,
     ExportFilter,
@@ -122,10 +125,10 @@ def create_export_job(
     valid = validate_request(request)
     job_id = uuid.uuid4()
     with conn.transaction():
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"compliance.export_rate:{valid.actor_id}",)
-        )
-        current = jobs.count_recent_requests(conn, valid.actor_id, RATE_WINDOW)
+        try:
+            current = jobs.lock_and_count_recent_requests(conn, valid.actor_id, RATE_WINDOW)
+        except psycopg.errors.InvalidTransactionState as exc:
+            raise_isolation_error(exc)
         if current >= RATE_LIMIT:
             raise ExportRequestError(
                 "RATE_LIMIT_EXCEEDED",
@@ -161,8 +164,13 @@ def create_export_job(
     except (BotoCoreError, ClientError) as exc:
         reason = f"could not enqueue the export: {exc}"
         try:
-            jobs.fail_job(conn, job_id, reason, from_status=jobs.JobStatus.QUEUED)
+            failed = jobs.fail_unsent_job(conn, job_id, reason)
         except psycopg.Error:
             reason += " (and the job could not be marked failed; the sweeper will expire it)"
+        else:
+            if not failed:
+                # No longer queued: the send did deliver (an ambiguous timeout) and a runner
+                # claimed the job. It runs, so the caller must not hear that it failed.
+                return jobs.get_job(conn, job_id) or job
         raise ExportRequestError("QUEUE_SEND_FAILED", reason, {"jobId": str(job_id)}) from exc
     return job

@@ -4,6 +4,12 @@ Each record: parse ``{"jobId": "<uuid>"}`` (anything else fails that record, whi
 the DLQ after maxReceiveCount), then run the job (export_job.py documents the claim and the
 retry windows). Business failures are recorded on the job and acknowledged; only failures
 before the claim (the database unreachable) are reported for redelivery.
+
+Retry timing: the queue's visibility timeout is 6 x the function timeout (90 minutes), so a
+reported message would come back only after that. Before reporting it, the runner shortens its
+visibility to a backoff that grows with the receive count (RunnerSettings.retry_delay: 30 s,
+then 60 s, ... bounded by 900 s). If that call fails, the message is still reported and comes
+back after the queue's visibility timeout, as before.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from handlers.common.aws import client
 from handlers.common.observability import observability
 from handlers.export_runner.db import Database
 from handlers.export_runner.export_job import (
@@ -47,10 +54,11 @@ OUTCOME_METRICS = {
 }
 
 
-def _deadline(context: LambdaContext | None) -> Callable[[], bool] | None:
+def _time_left(context: LambdaContext | None) -> Callable[[], int] | None:
+    """Milliseconds before the runner must stop: the invocation's remaining time less the margin."""
     if context is None:
         return None
-    return lambda: context.get_remaining_time_in_millis() < DEADLINE_MARGIN_MS
+    return lambda: context.get_remaining_time_in_millis() - DEADLINE_MARGIN_MS
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> str:
@@ -65,11 +73,15 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
         database=DATABASE, s3=s3_client(), bucket=SETTINGS.bucket, presign_ttl_seconds=SETTINGS.presign_ttl_seconds
     )
     try:
-        report = run_export_job(job_id, deps, logger=logger, deadline=_deadline(lambda_context))
+        report = run_export_job(job_id, deps, logger=logger, time_left_ms=_time_left(lambda_context))
     except Exception:
-        # Only failures before the claim get here (the database unreachable): redelivered.
-        logger.exception("export not started; the message will be redelivered", job_id=str(job_id))
+        # Only failures before the claim get here (the database unreachable): redelivered, soon.
+        delay = SETTINGS.retry_delay(_receive_count(record))
+        logger.exception(
+            "export not started; the message will be redelivered", job_id=str(job_id), retry_in_seconds=delay
+        )
         metrics.add_metric(name="ExportsRetried", unit=MetricUnit.Count, value=1)
+        _set_visibility(record, delay)
         raise
     metrics.add_metric(name=OUTCOME_METRICS[report.outcome], unit=MetricUnit.Count, value=1)
     if report.outcome is Outcome.COMPLETED and report.result is not None:
@@ -77,6 +89,31 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
         metrics.add_metric(name="ExportedBytes", unit=MetricUnit.Bytes, value=report.result.bytes)
         metrics.add_metric(name="ExportSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started)
     return report.outcome.value
+
+
+def _receive_count(record: SQSRecord) -> int:
+    try:
+        return int(record.attributes.approximate_receive_count)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _set_visibility(record: SQSRecord, seconds: int) -> None:
+    """Make the failed message visible again after ``seconds`` (instead of the queue's timeout)."""
+    try:
+        # arn:aws:sqs:<region>:<account>:<name>; the URL comes from SQS (the endpoint may be local).
+        _, _, _, _, account, name = record.event_source_arn.split(":", 5)
+        sqs = client("sqs")
+        queue_url = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+        sqs.change_message_visibility(
+            QueueUrl=queue_url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=seconds
+        )
+    except Exception:
+        logger.warning(
+            "could not shorten the failed message's visibility; it returns after the queue's visibility timeout",
+            message_id=record.message_id,
+            exc_info=True,
+        )
 
 
 @logger.inject_lambda_context(clear_state=True)

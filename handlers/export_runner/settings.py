@@ -1,8 +1,10 @@
 """Settings of the export runner's entry points, read and validated once at cold start.
 
 Runner: COMPLIANCE_EXPORTS_BUCKET; DATABASE_URL or DATABASE_SECRET_ARN (+ DATABASE_HOST,
-DATABASE_NAME, DATABASE_SSLMODE); PRESIGN_TTL_SECONDS (default 900). The endpoint of every AWS
-client comes from AWS_ENDPOINT_URL, which boto3 reads itself.
+DATABASE_NAME, DATABASE_SSLMODE, ... see db.py); PRESIGN_TTL_SECONDS (default 900);
+RETRY_BACKOFF_SECONDS (default 30) and RETRY_BACKOFF_MAX_SECONDS (default 900): how long a
+message that failed before its claim stays invisible (doubling with each receive, bounded). The
+endpoint of every AWS client comes from AWS_ENDPOINT_URL, which boto3 reads itself.
 Sweeper: the database variables; EXPORT_STUCK_AFTER_SECONDS (default 960: the runner's
 900 s timeout plus a minute) and EXPORT_QUEUED_EXPIRY_SECONDS (default 90000: the queue's
 one-day retention plus an hour).
@@ -20,6 +22,9 @@ from handlers.export_runner.db import DatabaseSettings, read_database_settings
 DEFAULT_PRESIGN_TTL_SECONDS = 900
 MAX_PRESIGN_TTL_SECONDS = 7 * 24 * 3600  # SigV4's limit for a presigned URL
 DEFAULT_STUCK_AFTER_SECONDS = 960
+DEFAULT_RETRY_BACKOFF_SECONDS = 30
+DEFAULT_RETRY_BACKOFF_MAX_SECONDS = 900
+MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's limit for ChangeMessageVisibility
 DEFAULT_QUEUED_EXPIRY_SECONDS = 90_000
 
 
@@ -28,6 +33,14 @@ class RunnerSettings:
     bucket: str
     database: DatabaseSettings
     presign_ttl_seconds: int
+    retry_backoff_seconds: int = DEFAULT_RETRY_BACKOFF_SECONDS
+    retry_backoff_max_seconds: int = DEFAULT_RETRY_BACKOFF_MAX_SECONDS
+
+    def retry_delay(self, receive_count: int) -> int:
+        """Seconds a message stays invisible after its ``receive_count``-th receive failed: the base,
+        doubled per earlier receive, never above the maximum (30, 60, 120, ... 900 by default)."""
+        exponent = min(max(receive_count, 1) - 1, 16)
+        return min(self.retry_backoff_seconds * 2**exponent, self.retry_backoff_max_seconds)
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,12 @@ def runner_settings(environ: Mapping[str, str] | None = None) -> RunnerSettings:
         bucket=env.require("COMPLIANCE_EXPORTS_BUCKET"),
         database=read_database_settings(env),
         presign_ttl_seconds=read_presign_ttl(env),
+        retry_backoff_seconds=env.integer(
+            "RETRY_BACKOFF_SECONDS", DEFAULT_RETRY_BACKOFF_SECONDS, minimum=0, maximum=MAX_VISIBILITY_SECONDS
+        ),
+        retry_backoff_max_seconds=env.integer(
+            "RETRY_BACKOFF_MAX_SECONDS", DEFAULT_RETRY_BACKOFF_MAX_SECONDS, minimum=0, maximum=MAX_VISIBILITY_SECONDS
+        ),
     )
     env.check("export runner")
     return settings

@@ -22,15 +22,38 @@ caller's behalf. A VPC given by the caller must provide its own route to S3, SQS
 Manager (endpoints or NAT): endpoints with private DNS cannot be added twice to one VPC.
 
 IAM, the whole of it for the runner: object write/read/multipart actions on this bucket's
-objects, an explicit deny of object actions on every other bucket, read of the database secret,
+objects, an explicit deny of object actions on every other bucket, the database login (below),
 consume of the queue, the KMS use those encrypted resources need, plus what every function has
 (its log group, X-Ray, the network interfaces Lambda creates in the VPC, its async DLQ).
+
+Database login (``database_auth``):
+
+- ``"iam"`` (the default): the runner and the sweeper log in as the least-privilege role
+  ``export_runner`` (created by the migrations, handlers/export_runner/migrations/0004) with an
+  IAM authentication token; their roles hold ``rds-db:connect`` on exactly
+  ``dbuser:<cluster resource id>/export_runner`` and cannot read the admin secret.
+  ``grant_produce`` gives a producer ``rds-db:connect`` as ``export_producer``. An existing
+  cluster needs its resource id (``rds.DatabaseCluster.from_database_cluster_attributes(...,
+  cluster_resource_identifier=...)``) and IAM authentication switched on.
+- ``"secret"``: the functions read the given secret and log in with its username and password
+  (an existing database without IAM authentication; that login should then be one of the
+  least-privilege roles, not the admin).
+
+TLS to the database (``database_sslmode``, ``database_ca_bundle``): by default
+``verify-full``: the server's certificate must chain to the CA bundle the operator gives
+(``database_ca_bundle``, a local PEM file such as the RDS global bundle from
+https://truststore.pem.amazonaws.com/global/global-bundle.pem) and carry the endpoint's name.
+The bundle ships to the functions as a Lambda layer (``/opt/<file name>``, named by
+``DATABASE_CA_BUNDLE``). Without a bundle the construct refuses to build, unless
+``database_sslmode="require"`` is chosen explicitly: encrypted, but the server is not verified.
+The created cluster refuses clients without TLS either way (``rds.force_ssl``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aws_cdk import ArnFormat, Duration, Names, RemovalPolicy, Stack
@@ -59,6 +82,12 @@ from infra.constructs.handler_function import HandlerFunction
 RUNNER_HANDLER = "handlers.export_runner.runner.handler"
 SWEEPER_HANDLER = "handlers.export_runner.sweeper.handler"
 POSTGRES_PORT = 5432
+# The least-privilege database roles of migration 0004 the functions log in as.
+RUNNER_DB_USER = "export_runner"
+PRODUCER_DB_USER = "export_producer"
+DATABASE_AUTH_MODES = ("iam", "secret")
+# TLS is never optional between the functions and the audit database.
+DATABASE_SSL_MODES = ("require", "verify-ca", "verify-full")
 S3_ACCESS_LOGS_USE_BUCKET_POLICY = "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy"
 # Lambda's own guidance for SQS event sources, enforced by EventDriven-SqsVisibility.
 VISIBILITY_TO_TIMEOUT_RATIO = 6
@@ -100,8 +129,11 @@ class ExportDatabase:
     """An existing PostgreSQL cluster the exporter uses instead of creating one.
 
     ``cluster`` gives the endpoint (DATABASE_HOST) and the security group that is opened to the
-    functions on the cluster's port; ``secret`` holds username/password (and optionally host,
-    port, dbname); the functions run in ``vpc`` (``vpc_subnets``, default: its private subnets).
+    functions on the cluster's port, and, for IAM logins (``database_auth="iam"``), its resource
+    id (``cluster_resource_identifier``), which the rds-db:connect ARN names; ``secret`` holds
+    username/password (and optionally host, port, dbname), read by the functions only with
+    ``database_auth="secret"``; the functions run in ``vpc`` (``vpc_subnets``, default: its
+    private subnets).
     """
 
     cluster: rds.IDatabaseCluster
@@ -139,9 +171,16 @@ class ExportRunner(Construct):
         # How long past the runner's timeout a job may stay `running` before the sweeper fails it.
         stuck_margin: Duration = Duration.minutes(5),
         access_log_retention: Duration = Duration.days(365),
+        # How the functions log in ("iam" or "secret") and how they verify the server (see the
+        # module docstring); the CA bundle is a local PEM file.
+        database_auth: str = "iam",
+        database_sslmode: str = "verify-full",
+        database_ca_bundle: str | None = None,
         code: lambda_.Code | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.database_auth = database_auth
+        self.database_sslmode = database_sslmode
         if database is not None and vpc is not None and vpc is not database.vpc:
             raise ValueError("ExportRunner: give vpc or database (whose vpc is used), not both")
         if not 2 <= runner_concurrency <= 1000:
@@ -149,6 +188,23 @@ class ExportRunner(Construct):
             raise ValueError(f"ExportRunner: runner_concurrency must be between 2 and 1000, got {runner_concurrency}")
         if runner_timeout.to_seconds() * VISIBILITY_TO_TIMEOUT_RATIO > Duration.hours(12).to_seconds():
             raise ValueError("ExportRunner: runner_timeout x 6 must fit the 12 h maximum SQS visibility timeout")
+        problems = []
+        if database_auth not in DATABASE_AUTH_MODES:
+            problems.append(f"database_auth must be one of {', '.join(DATABASE_AUTH_MODES)}, got {database_auth!r}")
+        if database_sslmode not in DATABASE_SSL_MODES:
+            problems.append(
+                f"database_sslmode must be one of {', '.join(DATABASE_SSL_MODES)}, got {database_sslmode!r}"
+            )
+        elif database_sslmode.startswith("verify-") and database_ca_bundle is None:
+            problems.append(
+                f"database_sslmode {database_sslmode} needs database_ca_bundle (a PEM file with the CA that signed the "
+                "database's certificate, e.g. the RDS global bundle); choose database_sslmode='require' explicitly to "
+                "encrypt without verifying the server"
+            )
+        if database_ca_bundle is not None and not Path(database_ca_bundle).is_file():
+            problems.append(f"database_ca_bundle {database_ca_bundle!r} is not a file")
+        if problems:
+            raise ValueError("ExportRunner: " + "; ".join(problems))
         # Server access logs are delivered under a bucket policy (AWS's recommendation) instead
         # of the log-delivery ACL, which would need ACLs enabled on the log bucket. Context set
         # here applies to this construct's children only.
@@ -215,11 +271,38 @@ class ExportRunner(Construct):
         if self._creates_network:
             self._add_endpoints()
 
+        self._cluster: rds.IDatabaseCluster = cluster
+        if database_auth == "iam" and database is not None:
+            try:
+                cluster.cluster_resource_identifier  # noqa: B018 - raises for an import without it
+            except RuntimeError as error:
+                raise ValueError(
+                    "ExportRunner: database_auth='iam' on an existing cluster needs its resource id "
+                    "(from_database_cluster_attributes(cluster_resource_identifier=...)), or database_auth='secret'"
+                ) from error
+        self.ca_bundle_layer: lambda_.LayerVersion | None = None
         database_environment = {
-            "DATABASE_SECRET_ARN": self.database_secret.secret_arn,
+            "DATABASE_AUTH": database_auth,
             "DATABASE_HOST": self.database_endpoint.hostname,
+            "DATABASE_PORT": str(database.cluster.cluster_endpoint.port if database else POSTGRES_PORT),
             "DATABASE_NAME": self.database_name,
+            "DATABASE_SSLMODE": database_sslmode,
         }
+        if database_auth == "iam":
+            database_environment["DATABASE_USER"] = RUNNER_DB_USER
+        else:
+            database_environment["DATABASE_SECRET_ARN"] = self.database_secret.secret_arn
+        if database_ca_bundle is not None:
+            bundle = Path(database_ca_bundle).resolve()
+            self.ca_bundle_layer = lambda_.LayerVersion(
+                self,
+                "DatabaseCaBundle",
+                # Only the bundle file: Lambda unpacks it to /opt/<file name>.
+                code=lambda_.Code.from_asset(str(bundle.parent), exclude=["*", f"!{bundle.name}"]),
+                compatible_architectures=[lambda_.Architecture.ARM_64],
+                description="CA bundle the export functions verify the audit database's TLS certificate with",
+            )
+            database_environment["DATABASE_CA_BUNDLE"] = f"/opt/{bundle.name}"
         self._build_queue_and_runner(
             encryption_key=encryption_key,
             alarm_topic=alarm_topic,
@@ -593,6 +676,8 @@ class ExportRunner(Construct):
             code=code,
         )
         self.runner_function = self.runner.function
+        if self.ca_bundle_layer is not None:
+            self.runner_function.add_layers(self.ca_bundle_layer)
         self.runner_function.add_event_source(
             event_sources.SqsEventSource(
                 self.queue,
@@ -615,7 +700,7 @@ class ExportRunner(Construct):
         role = self.runner.role
         self._grant_vpc_access(self.runner)
         self._grant_bucket(role)
-        self._grant_secret_read(role)
+        self._grant_database_login(role, RUNNER_DB_USER)
         self.runner_alarms = FunctionAlarms(
             self,
             "RunnerAlarms",
@@ -673,14 +758,21 @@ class ExportRunner(Construct):
             iam.PolicyStatement(actions=list(NETWORK_INTERFACE_ACTIONS), resources=[network_interfaces])
         )
 
-    def _grant_secret_read(self, role: iam.IRole) -> None:
-        self.database_secret.grant_read(role)
+    def _grant_database_login(self, grantee: iam.IGrantable, db_user: str) -> None:
+        """IAM: rds-db:connect as exactly ``db_user`` on this cluster; secret: read of the login secret."""
+        if self.database_auth == "iam":
+            self._cluster.grant_connect(grantee, db_user)
+        else:
+            self._grant_secret_read(grantee)
+
+    def _grant_secret_read(self, grantee: iam.IGrantable) -> None:
+        self.database_secret.grant_read(grantee)
         key = self.database_secret.encryption_key
         if key is not None and not isinstance(key, kms.Key):
             # CDK writes the decrypt right into the policy of a key defined in this app; the
             # policy of an imported key cannot be changed from here, so the role gets it, usable
             # through Secrets Manager only.
-            role.add_to_principal_policy(
+            grantee.grant_principal.add_to_principal_policy(
                 iam.PolicyStatement(
                     actions=["kms:Decrypt"],
                     resources=[key.key_arn],
@@ -749,12 +841,14 @@ class ExportRunner(Construct):
             code=code,
         )
         self.sweeper_function = self.sweeper.function
+        if self.ca_bundle_layer is not None:
+            self.sweeper_function.add_layers(self.ca_bundle_layer)
         # Retry window: Lambda's default for asynchronous invocations (2 retries, 1 and 2 minutes
         # apart, then the DLQ with its alarm). A sweep is one idempotent UPDATE, so a retry that
         # runs next to the following scheduled sweep changes nothing twice; reserved concurrency 1
         # makes them queue rather than overlap.
         self._grant_vpc_access(self.sweeper)
-        self._grant_secret_read(self.sweeper.role)
+        self._grant_database_login(self.sweeper.role, RUNNER_DB_USER)
 
         stack = Stack.of(self)
         # A fixed rule name lets the key policy name the rule without a dependency cycle
@@ -827,6 +921,12 @@ class ExportRunner(Construct):
     def grant_enqueue(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let the producer (API layer, operator CLI) send export requests."""
         return self.queue.grant_send_messages(grantee)
+
+    def grant_produce(self, grantee: iam.IGrantable) -> None:
+        """Let the producer (API layer, operator CLI) create jobs: send to the queue and log in to
+        the database as ``export_producer`` (IAM) or read the login secret (secret)."""
+        self.grant_enqueue(grantee)
+        self._grant_database_login(grantee, PRODUCER_DB_USER)
 
     def grant_download(self, grantee: iam.IGrantable) -> None:
         """Let a caller re-issue a presigned download URL: read the export objects, decrypt them."""

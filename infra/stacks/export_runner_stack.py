@@ -28,6 +28,13 @@ class ExportRunnerStack(SubsystemStack):
     ) -> None:
         super().__init__(scope, construct_id, subsystem="ExportRunner", alarm_topic_arn=alarm_topic_arn, **kwargs)
         database = self._existing_database(config.existing_database, config.database_name)
+        # IAM logins as the least-privilege roles on a created cluster, and on an existing one
+        # whose resource id is configured (the rds-db:connect ARN names it); otherwise the secret.
+        existing = config.existing_database
+        iam_auth = existing is None or existing.cluster_resource_id is not None
+        # verify-full whenever the operator gives the CA bundle; cdk.json says "require" explicitly
+        # until then (encrypted, the server unverified).
+        sslmode = config.database_sslmode or ("verify-full" if config.database_ca_bundle else "require")
         self.export_runner = ExportRunner(
             self,
             "ExportRunner",
@@ -36,6 +43,9 @@ class ExportRunnerStack(SubsystemStack):
             alarm_topic=self.alarm_topic,
             database_name=config.database_name,
             deletion_protection=config.deletion_protection,
+            database_auth="iam" if iam_auth else "secret",
+            database_sslmode=sslmode,
+            database_ca_bundle=config.database_ca_bundle,
         )
         # What operators and the API layer need to find: where to send jobs, where files land.
         CfnOutput(self, "ExportQueueUrl", value=self.export_runner.queue.queue_url)
@@ -56,6 +66,7 @@ class ExportRunnerStack(SubsystemStack):
             cluster_endpoint_address=existing.endpoint,
             port=existing.port,
             security_groups=[security_group],
+            cluster_resource_identifier=existing.cluster_resource_id,
         )
         secret_key = (
             kms.Key.from_key_arn(self, "DatabaseSecretKey", existing.secret_kms_key_arn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ EXISTING = {
     "vpc_id": "vpc-0123456789abcdef0",
     "subnet_ids": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
 }
+# An operator's CA bundle (the construct ships the file; it does not parse it).
+CA_BUNDLE = str(Path(tempfile.mkdtemp(prefix="export-runner-ca-")) / "rds-global-bundle.pem")
+Path(CA_BUNDLE).write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+CLUSTER_RESOURCE_ID = "cluster-ABCDEFGHIJKLMNOPQRSTUVWXY0"
 RUNNER_TIMEOUT = 900
 VPC_DESCRIBE_ACTIONS = {"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"}
 NETWORK_INTERFACE_ACTIONS = {
@@ -80,7 +85,7 @@ class Synthesized:
 
 @pytest.fixture(scope="module")
 def created(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
-    return _synth(tmp_path_factory, "created", {})
+    return _synth(tmp_path_factory, "created", {"database_ca_bundle": CA_BUNDLE})
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +140,41 @@ def _construct_template(**props: Any) -> Template:
         )
     if props.pop("topic", False):
         props["alarm_topic"] = sns.Topic(stack, "Alarms")
+    if resource_id := props.pop("existing_cluster", None):
+        props["database"] = _existing_database(stack, resource_id)
     api_role = props.pop("api_role", False)
+    producer_role = props.pop("producer_role", False)
+    props.setdefault("database_ca_bundle", CA_BUNDLE)
     exports = ExportRunner(stack, "Exports", encryption_key=key, code=lambda_.Code.from_inline("# synth only"), **props)
     if api_role:
         role = iam.Role(stack, "ApiRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
         exports.grant_enqueue(role)
         exports.grant_download(role)
+    if producer_role:
+        exports.grant_produce(iam.Role(stack, "ProducerRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com")))
     return Template.from_stack(stack)
+
+
+def _existing_database(stack: cdk.Stack, resource_id: str | bool) -> ExportDatabase:
+    vpc = ec2.Vpc.from_vpc_attributes(stack, "ExistingVpc", vpc_id="vpc-0123456789abcdef0", availability_zones=["a"])
+    cluster = rds.DatabaseCluster.from_database_cluster_attributes(
+        stack,
+        "ExistingCluster",
+        cluster_identifier="audit-log",
+        cluster_endpoint_address=EXISTING["database_endpoint"],
+        port=6543,
+        security_groups=[ec2.SecurityGroup.from_security_group_id(stack, "DbSg", "sg-0123456789abcdef0")],
+        cluster_resource_identifier=resource_id if isinstance(resource_id, str) else None,
+    )
+    return ExportDatabase(
+        cluster=cluster,
+        secret=secretsmanager.Secret.from_secret_complete_arn(stack, "ExistingSecret", SECRET_ARN),
+        vpc=vpc,
+        database_name="compliance",
+        vpc_subnets=ec2.SubnetSelection(
+            subnets=[ec2.Subnet.from_subnet_id(stack, "ExistingSubnet", "subnet-0123456789abcdef0")]
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +374,13 @@ def test_runner_function_settings(created: Synthesized) -> None:
     assert variables["DATABASE_NAME"] == "audit"
     cluster_id = _id(template, "AWS::RDS::DBCluster", "ExportRunnerDatabase")
     assert variables["DATABASE_HOST"] == {"Fn::GetAtt": [cluster_id, "Endpoint.Address"]}
-    assert variables["DATABASE_SECRET_ARN"] == _secret_ref(template)
+    # IAM login as the least-privilege role, TLS verified against the operator's CA bundle.
+    assert variables["DATABASE_AUTH"] == "iam" and variables["DATABASE_USER"] == "export_runner"
+    assert variables["DATABASE_PORT"] == "5432"
+    assert variables["DATABASE_SSLMODE"] == "verify-full"
+    assert variables["DATABASE_CA_BUNDLE"] == "/opt/rds-global-bundle.pem"
+    assert "DATABASE_SECRET_ARN" not in variables
+    assert runner["Layers"] == [{"Ref": _id(template, "AWS::Lambda::LayerVersion", "ExportRunnerDatabaseCaBundle")}]
     template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
         {
@@ -483,12 +522,10 @@ def test_runner_permissions_are_exactly_the_spec(created: Synthesized) -> None:
     statements = _role_statements(template, RUNNER_HANDLER)
     bucket_objects = _objects_of(_arn(_id(template, "AWS::S3::Bucket", "ExportRunnerBucket")))
     key = _arn(_id(template, "AWS::KMS::Key", "EncryptionKey"))
-    secret = {
-        "Ref": _id(template, "AWS::SecretsManager::SecretTargetAttachment", "ExportRunnerDatabaseSecretAttachment")
-    }
     expected: dict[str, list[Any]] = {
         **{action: [bucket_objects] for action in OBJECT_ACTIONS},
-        **{action: [secret] for action in SECRET_READ},
+        # The database login: exactly the export_runner user of this cluster, no secret.
+        "rds-db:connect": [_db_user_arn(template, "export_runner")],
         **{action: [_arn(_id(template, "AWS::SQS::Queue", "ExportRunnerQueue"))] for action in CONSUME_ACTIONS},
         # Lambda's own use of the role: async DLQ, logs, network interfaces, traces.
         "sqs:SendMessage": [_arn(_id(template, "AWS::SQS::Queue", "ExportRunnerDlqQueue"))],
@@ -506,6 +543,27 @@ def test_runner_permissions_are_exactly_the_spec(created: Synthesized) -> None:
     assert deny["NotResource"] == bucket_objects
     assert "Resource" not in deny
     assert OBJECT_ACTIONS | {"s3:DeleteObject", "s3:GetObjectVersion"} <= set(deny["Action"])
+
+
+def _db_user_arn(template: Template, db_user: str) -> dict[str, Any]:
+    """rds-db:connect's resource for ``db_user`` of the created cluster (its resource id, not its name)."""
+    cluster_id = _id(template, "AWS::RDS::DBCluster", "ExportRunnerDatabase")
+    return {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                ":rds-db:",
+                {"Ref": "AWS::Region"},
+                ":",
+                {"Ref": "AWS::AccountId"},
+                ":dbuser:",
+                {"Fn::GetAtt": [cluster_id, "DBClusterResourceId"]},
+                f"/{db_user}",
+            ],
+        ]
+    }
 
 
 def _network_interface_rights(template: Template, function: dict[str, Any]) -> dict[str, list[Any]]:
@@ -541,7 +599,9 @@ def test_network_interface_writes_are_scoped_in_every_database_mode(
 def test_sweeper_permissions_are_database_only(created: Synthesized) -> None:
     template = created.template
     allowed = _allowed(_role_statements(template, SWEEPER_HANDLER))
-    assert set(allowed) == SECRET_READ | VPC_ACTIONS | XRAY_ACTIONS | {
+    assert allowed["rds-db:connect"] == [_db_user_arn(template, "export_runner")]
+    assert set(allowed) == VPC_ACTIONS | XRAY_ACTIONS | {
+        "rds-db:connect",
         "sqs:SendMessage",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
@@ -641,7 +701,14 @@ def test_an_existing_database_is_used_and_nothing_is_created(existing: Synthesiz
     for handler in (RUNNER_HANDLER, SWEEPER_HANDLER):
         properties = _function(template, handler)["Properties"]
         variables = properties["Environment"]["Variables"]
+        # No cluster resource id configured: the secret's login (IAM needs the id for rds-db:connect).
+        assert variables["DATABASE_AUTH"] == "secret" and "DATABASE_USER" not in variables
         assert variables["DATABASE_SECRET_ARN"] == SECRET_ARN
+        assert variables["DATABASE_PORT"] == "6543"
+        # No CA bundle configured: cdk.json's explicit "require", nothing shipped to verify with.
+        assert variables["DATABASE_SSLMODE"] == "require" and "DATABASE_CA_BUNDLE" not in variables
+        assert "Layers" not in properties
+        assert "rds-db:connect" not in _allowed(_role_statements(template, handler))
         assert variables["DATABASE_HOST"] == EXISTING["database_endpoint"]
         assert variables["DATABASE_NAME"] == "compliance"
         assert properties["VpcConfig"]["SubnetIds"] == EXISTING["subnet_ids"]
@@ -863,6 +930,10 @@ def test_config_reads_an_existing_database() -> None:
         ({"database_port": 5433}, "describe an existing database"),
         ({"database_name": "audit-log"}, "database_name must be a PostgreSQL identifier"),
         ({"deletion_protection": "no"}, "deletion_protection must be true or false"),
+        ({**EXISTING, "database_cluster_resource_id": "audit-log"}, "must be a cluster resource id like cluster-"),
+        ({"database_cluster_resource_id": CLUSTER_RESOURCE_ID}, "describe an existing database"),
+        ({"database_sslmode": "disable"}, "database_sslmode must be require, verify-ca or verify-full"),
+        ({"database_sslmode": "prefer"}, "database_sslmode must be require, verify-ca or verify-full"),
     ],
 )
 def test_malformed_export_runner_config_is_one_clear_line(export_runner: dict[str, Any], message: str) -> None:
@@ -870,3 +941,181 @@ def test_malformed_export_runner_config_is_one_clear_line(export_runner: dict[st
         load_config({"export_runner": export_runner})
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+# --- Database login (IAM) and TLS (issue #9 items 2 and 3) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def existing_iam(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return _synth(
+        tmp_path_factory,
+        "existing-iam",
+        {**EXISTING, "database_cluster_resource_id": CLUSTER_RESOURCE_ID, "database_ca_bundle": CA_BUNDLE},
+    )
+
+
+def _literal_db_user_arn(db_user: str, region: str = "eu-west-1") -> dict[str, Any]:
+    return {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                f":rds-db:{region}:123456789012:dbuser:{CLUSTER_RESOURCE_ID}/{db_user}",
+            ],
+        ]
+    }
+
+
+def _principal_allowed(template: Template, role_prefix: str) -> dict[str, list[Any]]:
+    role = {"Ref": _id(template, "AWS::IAM::Role", role_prefix)}
+    return _allowed(
+        [
+            statement
+            for policy in template.find_resources("AWS::IAM::Policy").values()
+            if role in policy["Properties"]["Roles"]
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        ]
+    )
+
+
+def test_an_existing_cluster_with_its_resource_id_gets_iam_logins_and_passes_every_pack(
+    existing_iam: Synthesized,
+) -> None:
+    template = existing_iam.template
+    for handler in (RUNNER_HANDLER, SWEEPER_HANDLER):
+        variables = _function(template, handler)["Properties"]["Environment"]["Variables"]
+        assert (variables["DATABASE_AUTH"], variables["DATABASE_USER"]) == ("iam", "export_runner")
+        assert variables["DATABASE_SSLMODE"] == "verify-full"
+        assert "DATABASE_SECRET_ARN" not in variables
+        allowed = _allowed(_role_statements(template, handler))
+        assert allowed["rds-db:connect"] == [
+            {
+                "Fn::Join": [
+                    "",
+                    [
+                        "arn:",
+                        {"Ref": "AWS::Partition"},
+                        ":rds-db:",
+                        {"Ref": "AWS::Region"},
+                        ":",
+                        {"Ref": "AWS::AccountId"},
+                        f":dbuser:{CLUSTER_RESOURCE_ID}/export_runner",
+                    ],
+                ]
+            }
+        ]
+        assert not {action for action in allowed if action.startswith("secretsmanager:")}
+        assert SECRET_KEY_ARN not in allowed.get("kms:Decrypt", [])
+
+
+def test_iam_logins_name_exactly_their_database_user() -> None:
+    template = _construct_template(existing_cluster=CLUSTER_RESOURCE_ID, producer_role=True)
+    runner = _allowed(_role_statements(template, RUNNER_HANDLER))
+    sweeper = _allowed(_role_statements(template, SWEEPER_HANDLER))
+    assert runner["rds-db:connect"] == sweeper["rds-db:connect"] == [_literal_db_user_arn("export_runner")]
+    producer = _principal_allowed(template, "ProducerRole")
+    assert producer["rds-db:connect"] == [_literal_db_user_arn("export_producer")]
+    assert producer["sqs:SendMessage"] == [_arn(_id(template, "AWS::SQS::Queue", "ExportsQueue"))]
+    for allowed in (runner, sweeper, producer):
+        assert not {action for action in allowed if action.startswith("secretsmanager:")}
+    # Nobody else may log in as any database user.
+    for policy in template.find_resources("AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if "rds-db:connect" in _as_list(statement["Action"]):
+                assert statement["Resource"] in (
+                    _literal_db_user_arn("export_runner"),
+                    _literal_db_user_arn("export_producer"),
+                )
+
+
+def test_secret_logins_read_the_secret_and_get_no_iam_login() -> None:
+    template = _construct_template(existing_cluster=CLUSTER_RESOURCE_ID, database_auth="secret", producer_role=True)
+    for handler in (RUNNER_HANDLER, SWEEPER_HANDLER):
+        variables = _function(template, handler)["Properties"]["Environment"]["Variables"]
+        assert variables["DATABASE_AUTH"] == "secret" and variables["DATABASE_SECRET_ARN"] == SECRET_ARN
+        assert "DATABASE_USER" not in variables
+        allowed = _allowed(_role_statements(template, handler))
+        assert allowed["secretsmanager:GetSecretValue"] == [SECRET_ARN]
+        assert "rds-db:connect" not in allowed
+    producer = _principal_allowed(template, "ProducerRole")
+    assert producer["secretsmanager:GetSecretValue"] == [SECRET_ARN] and "rds-db:connect" not in producer
+
+
+def test_iam_on_an_existing_cluster_needs_its_resource_id() -> None:
+    with pytest.raises(ValueError, match="needs its resource id"):
+        _construct_template(existing_cluster=True)
+
+
+def test_the_ca_bundle_ships_as_a_layer_holding_only_the_bundle(tmp_path: Path) -> None:
+    app = cdk.App(outdir=str(tmp_path), context={"aws:cdk:bundling-stacks": [], **FEATURE_FLAGS})
+    stack = cdk.Stack(app, "Test", env=cdk.Environment(account="123456789012", region="eu-west-1"))
+    (tmp_path / "bundle").mkdir()
+    bundle = tmp_path / "bundle" / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "bundle" / "secret-key.pem").write_text("not to be shipped")
+    ExportRunner(
+        stack,
+        "Exports",
+        encryption_key=kms.Key(stack, "Key", enable_key_rotation=True),
+        code=lambda_.Code.from_inline("# synth only"),
+        database_ca_bundle=str(bundle),
+    )
+    assembly = app.synth()
+    template = Template.from_json(assembly.get_stack_by_name("Test").template)
+    (layer,) = template.find_resources("AWS::Lambda::LayerVersion").values()
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    staged = [path for path in Path(assembly.directory).glob("asset.*") if path.is_dir()]
+    holding = [sorted(file.name for file in path.iterdir()) for path in staged if (path / "ca.pem").exists()]
+    assert holding == [["ca.pem"]]
+    assert not list(Path(assembly.directory).glob("asset.*/secret-key.pem"))
+    for handler in (RUNNER_HANDLER, SWEEPER_HANDLER):
+        variables = _function(template, handler)["Properties"]["Environment"]["Variables"]
+        assert variables["DATABASE_CA_BUNDLE"] == "/opt/ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"database_ca_bundle": None}, "database_sslmode verify-full needs database_ca_bundle"),
+        ({"database_ca_bundle": None, "database_sslmode": "verify-ca"}, "verify-ca needs database_ca_bundle"),
+        ({"database_sslmode": "disable"}, "database_sslmode must be one of require, verify-ca, verify-full"),
+        ({"database_sslmode": "prefer"}, "database_sslmode must be one of require, verify-ca, verify-full"),
+        ({"database_ca_bundle": "/no/such/bundle.pem"}, "is not a file"),
+        ({"database_auth": "password"}, "database_auth must be one of iam, secret"),
+    ],
+)
+def test_tls_and_login_props_are_checked(props: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _construct_template(**props)
+
+
+def test_require_is_used_only_when_chosen_and_ships_no_bundle() -> None:
+    template = _construct_template(database_ca_bundle=None, database_sslmode="require")
+    template.resource_count_is("AWS::Lambda::LayerVersion", 0)
+    for handler in (RUNNER_HANDLER, SWEEPER_HANDLER):
+        properties = _function(template, handler)["Properties"]
+        assert properties["Environment"]["Variables"]["DATABASE_SSLMODE"] == "require"
+        assert "DATABASE_CA_BUNDLE" not in properties["Environment"]["Variables"]
+        assert "Layers" not in properties
+
+
+def test_config_reads_the_tls_and_login_keys() -> None:
+    config = load_config(
+        {
+            "subsystems": ["export_runner"],
+            "export_runner": {
+                **EXISTING,
+                "database_cluster_resource_id": CLUSTER_RESOURCE_ID,
+                "database_ca_bundle": CA_BUNDLE,
+                "database_sslmode": "verify-ca",
+            },
+        }
+    ).export_runner
+    assert config.existing_database is not None
+    assert config.existing_database.cluster_resource_id == CLUSTER_RESOURCE_ID
+    assert (config.database_ca_bundle, config.database_sslmode) == (CA_BUNDLE, "verify-ca")
+    # cdk.json chooses "require" explicitly until an operator gives the CA bundle.
+    shipped = json.loads((ROOT / "cdk.json").read_text())["context"]["export_runner"]
+    assert shipped["database_sslmode"] == "require" and shipped["database_ca_bundle"] is None

@@ -55,6 +55,18 @@ class ExportDatabase:
     def database(self) -> Database:
         return Database(DatabaseSettings(url=self.url, secret_arn=None, host=None, name=None, sslmode="disable"))
 
+    # The least-privilege roles of migration 0004 (LOGIN; the test cluster trusts local logins).
+    def url_as(self, role: str) -> str:
+        return f"postgresql://{role}@{self.cluster.host}:{self.cluster.port}/{self.name}"
+
+    def connect_as(self, role: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url_as(role), autocommit=autocommit)
+
+    def database_as(self, role: str) -> Database:
+        return Database(
+            DatabaseSettings(url=self.url_as(role), secret_arn=None, host=None, name=None, sslmode="disable")
+        )
+
 
 def create_migrated_template(cluster: PostgresCluster) -> str:
     name = f"export_template_{uuid.uuid4().hex[:8]}"
@@ -325,10 +337,16 @@ def receive_as_lambda_event(queue_url: str, *, max_messages: int = 1) -> dict[st
         QueueUrl=queue_url, MaxNumberOfMessages=max_messages, AttributeNames=["All"], WaitTimeSeconds=1
     )
     records = []
+    queue_name = queue_url.rstrip("/").rsplit("/", 1)[-1]
     for message in response.get("Messages", []):
-        record = sqs_record(message["Body"], message_id=message["MessageId"])
+        record = sqs_record(
+            message["Body"],
+            message_id=message["MessageId"],
+            receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+        )
         record["receiptHandle"] = message["ReceiptHandle"]
         record["md5OfBody"] = message["MD5OfBody"]
+        record["eventSourceARN"] = f"arn:aws:sqs:us-east-1:123456789012:{queue_name}"
         records.append(record)
     return sqs_event(records)
 

@@ -1,4 +1,5 @@
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -19,20 +20,61 @@ def test_runner_defaults() -> None:
     assert settings.database.url == "postgresql://x@h/db" and settings.database.secret_arn is None
 
 
-def test_secret_based_database_settings() -> None:
-    settings = runner_settings(
-        {
-            "COMPLIANCE_EXPORTS_BUCKET": "b",
-            "DATABASE_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:1:secret:db",
-            "DATABASE_HOST": "cluster.example",
-            "DATABASE_NAME": "compliance",
-        }
-    )
+def test_secret_based_database_settings_verify_the_server_by_default(tmp_path: Path) -> None:
+    bundle = tmp_path / "rds-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {
+        "COMPLIANCE_EXPORTS_BUCKET": "b",
+        "DATABASE_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:1:secret:db",
+        "DATABASE_HOST": "cluster.example",
+        "DATABASE_NAME": "compliance",
+    }
+    # verify-full is the default, and it needs the CA bundle: no silent downgrade to "require".
+    with pytest.raises(ConfigurationError, match="DATABASE_CA_BUNDLE is required"):
+        runner_settings(env)
+    settings = runner_settings({**env, "DATABASE_CA_BUNDLE": str(bundle)})
     assert (settings.database.host, settings.database.name, settings.database.sslmode) == (
         "cluster.example",
         "compliance",
-        "require",
+        "verify-full",
     )
+    assert settings.database.auth_mode == "secret" and settings.database.ca_bundle == str(bundle)
+    explicit = runner_settings({**env, "DATABASE_SSLMODE": "require"})
+    assert (explicit.database.sslmode, explicit.database.ca_bundle) == ("require", None)
+
+
+def test_iam_database_settings(tmp_path: Path) -> None:
+    bundle = tmp_path / "rds-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {
+        "COMPLIANCE_EXPORTS_BUCKET": "b",
+        "DATABASE_AUTH": "iam",
+        "DATABASE_HOST": "cluster.example",
+        "DATABASE_PORT": "6543",
+        "DATABASE_NAME": "audit",
+        "DATABASE_USER": "export_runner",
+        "DATABASE_CA_BUNDLE": str(bundle),
+    }
+    database = runner_settings(env).database
+    assert (database.auth_mode, database.host, database.port, database.name, database.user) == (
+        "iam",
+        "cluster.example",
+        6543,
+        "audit",
+        "export_runner",
+    )
+    assert (database.sslmode, database.secret_arn, database.url) == ("verify-full", None, None)
+    with pytest.raises(ConfigurationError) as caught:
+        runner_settings({"COMPLIANCE_EXPORTS_BUCKET": "b", "DATABASE_AUTH": "iam"})
+    for name in ("DATABASE_HOST", "DATABASE_NAME", "DATABASE_USER", "DATABASE_CA_BUNDLE"):
+        assert f"{name} is required" in str(caught.value)
+    for mode in ("disable", "allow", "prefer"):
+        with pytest.raises(ConfigurationError, match="IAM authentication needs TLS"):
+            runner_settings({**env, "DATABASE_SSLMODE": mode})
+    with pytest.raises(ConfigurationError, match="no readable CA bundle file"):
+        runner_settings({**env, "DATABASE_CA_BUNDLE": str(tmp_path / "missing.pem")})
+    with pytest.raises(ConfigurationError, match="DATABASE_AUTH is malformed: must be one of iam, secret, url"):
+        runner_settings({**env, "DATABASE_AUTH": "password"})
 
 
 @pytest.mark.parametrize(
