@@ -13,6 +13,7 @@ import sys
 BENCHMARKS = {
     "fanout": ["benchmarks.fanout_bench"],
     "export": ["benchmarks.export_bench"],
+    "stream_recovery": ["benchmarks.stream_recovery_bench"],
 }
 
 
