@@ -421,6 +421,77 @@ class ClaimStore:
                 raise  # a conflict or throttle: transient, the caller retries the whole thing
             return WriteResult(Write.CONDITION_FAILED, cancellation_reasons=reasons)
 
+    def reopen_item(
+        self,
+        location: ClaimLocation,
+        seen: ClaimRecord,
+        *,
+        set_attributes: Mapping[str, Any] | None = None,
+        remove_attributes: Sequence[str] = (),
+        append_to: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The TransactWriteItems Update that reopens the terminal claim ``seen`` (an operator's act).
+
+        Terminal claims never change on the hot path; an operator re-running the work reopens
+        one: back to ``pending`` with a fresh token nobody holds and the next generation (every
+        earlier holder is fenced out) and a lease already run out (reclaimable by whoever comes
+        first, through the normal takeover). Conditional on state, token and generation being
+        exactly ``seen``'s, so a claim that changed since it was read is not reopened (the
+        transaction is cancelled). ``append_to`` = (attribute, entry) appends to a list
+        attribute (a history). Top-level claims only.
+        """
+        if location.path:
+            raise ValueError("reopen_item is for top-level claims")
+        if not seen.is_terminal:
+            raise ValueError("only a terminal claim is reopened; an open one is taken over")
+        names = _Names(location)
+        now = self._clock()
+        values: dict[str, Any] = {
+            ":pending": PENDING,
+            ":token": "reopened-" + self._new_token(),
+            ":generation": seen.generation + 1,
+            ":lease": now - 1,
+            ":now": now,
+            ":seen_state": seen.state,
+        }
+        sets = [
+            f"{names.field('state')} = :pending",
+            f"{names.field('token')} = :token",
+            f"{names.field('generation')} = :generation",
+            f"{names.field('lease_until_ms')} = :lease",
+            f"{names.field('claimed_at_ms')} = :now",
+        ]
+        for index, (name, value) in enumerate((set_attributes or {}).items()):
+            sets.append(f"{names.field(name)} = :s{index}")
+            values[f":s{index}"] = value
+        if append_to is not None:
+            attribute, entry = append_to
+            history = names.field(attribute)
+            sets.append(f"{history} = list_append(if_not_exists({history}, :empty), :entry)")
+            values[":empty"], values[":entry"] = [], [dict(entry)]
+        removes = [names.field(name) for name in ("settled_at_ms", *remove_attributes)]
+        condition = f"{names.field('state')} = :seen_state AND "
+        if seen.token is not None:
+            condition += f"{names.field('token')} = :seen_token AND "
+            values[":seen_token"] = seen.token
+        else:
+            condition += f"attribute_not_exists({names.field('token')}) AND "
+        condition += names.generation_matches(seen)
+        if seen.generation:
+            values[":seen_generation"] = seen.generation
+        update = "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes)
+        return {
+            "Update": {
+                "TableName": location.table,
+                "Key": dict(location.key),
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names.used(update, condition),
+                "ExpressionAttributeValues": serialize_values(values),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
     def wait_while_held(
         self,
         location: ClaimLocation,

@@ -71,12 +71,10 @@ import argparse
 import functools
 import json
 import os
-import secrets
 import ssl
 import sys
 import time
 import urllib.parse
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
@@ -85,7 +83,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from handlers.common.aws import client
 from handlers.common.claims import (
-    PENDING,
     ClaimContentionError,
     ClaimHeldError,
     ClaimLocation,
@@ -96,7 +93,7 @@ from handlers.common.config import ConfigurationError
 from handlers.common.dynamo_items import serialize_values, to_plain
 from handlers.stream_recovery import schema
 from handlers.stream_recovery.delivery import Outcome, deliver
-from handlers.stream_recovery.dispatch import CLAIM_SHARDS, Redispatcher, StaleClaimError
+from handlers.stream_recovery.dispatch import Redispatcher, StaleClaimError, claim_shard
 from handlers.stream_recovery.markers import PendingDispatch, is_eligible
 from handlers.stream_recovery.settings import WorkerSettings, load_settings
 from handlers.stream_recovery.sweeper import STALE_MARKER_AGE_MICROS, Sweeper
@@ -430,7 +427,9 @@ def _plan(ctx: Context, args: argparse.Namespace, configs: Sequence[PushConfig])
     return targets
 
 
-def _reopen_item(target: _Target, now_ms: int, *, forced: bool) -> dict[str, Any]:
+def _reopen_item(
+    ctx: Context, target: _Target, marker: PendingDispatch, now_ms: int, *, forced: bool
+) -> dict[str, Any]:
     """The fenced TransactWriteItems Update that reopens one terminal claim (see the module docs)."""
     record = target.before
     assert record is not None and record.is_terminal
@@ -445,79 +444,22 @@ def _reopen_item(target: _Target, now_ms: int, *, forced: bool) -> dict[str, Any
         "forced": forced,
         "by": "cli",
     }
-    names = {
-        "#state": "state",
-        "#token": "token",
-        "#generation": "generation",
-        "#lease": schema.DELIVERY_LEASE,
-        "#claimed": "claimed_at_ms",
-        "#settled": "settled_at_ms",
-        "#count": schema.DELIVERY_ATTEMPT_COUNT,
-        "#history": REDELIVERY_HISTORY,
-        "#last": schema.DELIVERY_LAST_STATUS,
-        "#reason": schema.DELIVERY_REASON,
-    }
-    values: dict[str, Any] = {
-        ":pending": PENDING,
-        ":token": "redeliver-" + secrets.token_hex(16),  # nobody holds it: only a takeover wins it
-        ":generation": record.generation + 1,
-        ":lease": now_ms - 1,  # already run out: reclaimable at once
-        ":now": now_ms,
-        ":zero": 0,
-        ":entry": [entry],
-        ":empty": [],
-        ":seen_state": record.state,
-    }
-    condition = "#state = :seen_state AND "
-    if record.token is not None:
-        condition += "#token = :seen_token AND "
-        values[":seen_token"] = record.token
-    else:
-        condition += "attribute_not_exists(#token) AND "
-    if record.generation:
-        condition += "#generation = :seen_generation"
-        values[":seen_generation"] = record.generation
-    else:
-        condition += "attribute_not_exists(#generation)"
-    update = (
-        "SET #state = :pending, #token = :token, #generation = :generation, #lease = :lease, #claimed = :now, "
-        "#count = :zero, #history = list_append(if_not_exists(#history, :empty), :entry) "
-        "REMOVE #settled, #last, #reason"
+    # A new attempt budget; the claim shard keeps the reopened claim findable by the sweeper.
+    return ctx.claims.reopen_item(
+        target.location,
+        record,
+        set_attributes={
+            schema.DELIVERY_ATTEMPT_COUNT: 0,
+            schema.DELIVERY_CLAIM_SHARD: claim_shard(marker, target.config.config_id),
+        },
+        remove_attributes=(schema.DELIVERY_LAST_STATUS, schema.DELIVERY_REASON),
+        append_to=(REDELIVERY_HISTORY, entry),
     )
-    item = {
-        "TableName": target.location.table,
-        "Key": dict(target.location.key),
-        "UpdateExpression": update,
-        "ConditionExpression": condition,
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": serialize_values(values),
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-    }
-    # a claim shard keeps a reopened claim findable by the sweeper (every claim written by the
-    # Redispatcher has one; set it only when missing)
-    if record.attributes.get(schema.DELIVERY_CLAIM_SHARD) is None:
-        item["UpdateExpression"] = update.replace(" REMOVE", ", #shard = :shard REMOVE")
-        names["#shard"] = schema.DELIVERY_CLAIM_SHARD
-        key = f"{target.location.key[schema.PK]['S']}#{target.config.config_id}"
-        shard = str(zlib.crc32(key.encode()) % CLAIM_SHARDS)
-        item["ExpressionAttributeValues"] = serialize_values({**values, ":shard": shard})
-    return {"Update": item}
 
 
 def _marker_put(ctx: Context, marker: PendingDispatch) -> dict[str, Any]:
     """The pending-dispatch marker exactly as the writer's commit writes it (fresh timestamps)."""
-    item = {
-        schema.PK: marker.task_pk,
-        schema.MARKER_SK: marker.event_sequence,
-        schema.MARKER_TENANT: marker.tenant,
-        schema.MARKER_TASK_ID: marker.task_id,
-        schema.MARKER_OWNER: marker.owner,
-        schema.MARKER_EVENT_SEQUENCE: marker.event_sequence,
-        schema.MARKER_RECORDED_AT_MICROS: marker.recorded_at_micros,
-        schema.MARKER_TTL: marker.recorded_at_micros // 1_000_000 + schema.MARKER_TTL_SECONDS,
-        schema.MARKER_SWEEP_SHARD: schema.sweep_shard(marker.tenant, marker.task_id),
-    }
-    return {"Put": {"TableName": ctx.settings.tables.pending_dispatches, "Item": serialize_values(item)}}
+    return {"Put": {"TableName": ctx.settings.tables.pending_dispatches, "Item": serialize_values(marker.item())}}
 
 
 def cmd_redeliver(args: argparse.Namespace, ctx: Context) -> int:
@@ -567,7 +509,7 @@ def cmd_redeliver(args: argparse.Namespace, ctx: Context) -> int:
         event_sequence=sequence,
         recorded_at_micros=now_ms * 1000,
     )
-    items = [_reopen_item(t, now_ms, forced=args.force) for t in targets if t.action == "reopen"]
+    items = [_reopen_item(ctx, t, marker, now_ms, forced=args.force) for t in targets if t.action == "reopen"]
     _transact([*items, _marker_put(ctx, marker)])
 
     result = ctx.redispatcher.redispatch(marker)

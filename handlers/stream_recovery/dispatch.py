@@ -143,7 +143,7 @@ class Redispatcher:
                 schema.DELIVERY_TENANT: marker.tenant,
                 schema.DELIVERY_TASK_ID: marker.task_id,
                 schema.DELIVERY_EVENT_SEQUENCE: marker.event_sequence,
-                schema.DELIVERY_CLAIM_SHARD: _claim_shard(marker, config.config_id),
+                schema.DELIVERY_CLAIM_SHARD: claim_shard(marker, config.config_id),
             },
         )
         if acquired.status is Acquire.SETTLED:
@@ -228,7 +228,8 @@ def _marker_key(marker: PendingDispatch) -> dict[str, Any]:
     return {schema.PK: {"S": marker.task_pk}, schema.MARKER_SK: {"N": str(marker.event_sequence)}}
 
 
-def _claim_shard(marker: PendingDispatch, config_id: str) -> str:
+def claim_shard(marker: PendingDispatch, config_id: str) -> str:
+    """The delivery claim's partition of the sweeper's ``byClaimShard`` index (stable per claim)."""
     key = f"{marker.task_pk}#{marker.event_sequence}#{config_id}"
     return str(zlib.crc32(key.encode()) % CLAIM_SHARDS)
 

@@ -57,6 +57,21 @@ class PendingDispatch:
     def task_pk(self) -> str:
         return schema.task_pk(self.tenant, self.task_id)
 
+    def item(self) -> dict[str, Any]:
+        """The marker item (plain values) exactly as a commit writes it; the stream parses these names."""
+        return {
+            schema.PK: self.task_pk,
+            schema.MARKER_SK: self.event_sequence,
+            schema.MARKER_TENANT: self.tenant,
+            schema.MARKER_TASK_ID: self.task_id,
+            schema.MARKER_OWNER: self.owner,
+            schema.MARKER_EVENT_SEQUENCE: self.event_sequence,
+            schema.MARKER_RECORDED_AT_MICROS: self.recorded_at_micros,
+            # TTL only cleans up (7 days), it never decides anything.
+            schema.MARKER_TTL: self.recorded_at_micros // 1_000_000 + schema.MARKER_TTL_SECONDS,
+            schema.MARKER_SWEEP_SHARD: schema.sweep_shard(self.tenant, self.task_id),
+        }
+
 
 def is_eligible(registered_after_event_sequence: int, event_sequence: int) -> bool:
     """A config receives an event iff it was registered before that event was committed.

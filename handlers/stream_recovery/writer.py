@@ -87,6 +87,7 @@ from handlers.common.aws import client
 from handlers.common.config import ConfigurationError
 from handlers.stream_recovery import schema
 from handlers.stream_recovery.delivery import WebhookConfig, generate_signing_secret
+from handlers.stream_recovery.markers import PendingDispatch
 from handlers.stream_recovery.ssrf import parse_target
 
 COMPONENT = "stream recovery writer"
@@ -602,18 +603,11 @@ class StreamRecoveryWriter:
         self, pk: str, tenant: str, task_id: str, owner: str, event_sequence: int, now: int
     ) -> dict[str, Any]:
         assert self.pending_dispatches_table is not None  # guaranteed by the configuration check
-        item = {
-            schema.PK: pk,
-            schema.MARKER_SK: event_sequence,
-            schema.MARKER_TENANT: tenant,
-            schema.MARKER_TASK_ID: task_id,
-            schema.MARKER_OWNER: owner,
-            schema.MARKER_EVENT_SEQUENCE: event_sequence,
-            schema.MARKER_RECORDED_AT_MICROS: now,
-            schema.MARKER_TTL: now // 1_000_000 + schema.MARKER_TTL_SECONDS,
-            schema.MARKER_SWEEP_SHARD: schema.sweep_shard(tenant, task_id),
-        }
-        return {"Put": {"TableName": self.pending_dispatches_table, "Item": _serialize(item)}}
+        marker = PendingDispatch(
+            tenant=tenant, task_id=task_id, owner=owner, event_sequence=event_sequence, recorded_at_micros=now
+        )
+        assert marker.task_pk == pk
+        return {"Put": {"TableName": self.pending_dispatches_table, "Item": _serialize(marker.item())}}
 
     # -- push configs -----------------------------------------------------------------------
 
