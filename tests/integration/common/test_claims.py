@@ -189,3 +189,41 @@ def test_racing_takeovers_of_one_expired_lease_have_one_winner(ddb: Any, clock: 
         assert statuses.count(Acquire.ACQUIRED) == 1, statuses
         assert statuses.count(Acquire.HELD) == 7
         assert int(stored(ddb, f"race-{round_number}")["generation"]["N"]) == 2
+
+
+def test_reopening_a_terminal_claim_fences_out_its_holders_and_lets_the_next_claimant_take_it_over(
+    ddb: Any, store: ClaimStore, clock: FakeClock
+) -> None:
+    first = store.acquire(own_item(), lease_ms=LEASE_MS, attributes={"attempts": 3})
+    assert first.claim is not None
+    assert store.confirm(first.claim, state="gave_up").ok
+    settled = store.read(own_item())
+    assert settled is not None and settled.is_terminal
+
+    reopen = store.reopen_item(
+        own_item(), settled, set_attributes={"attempts": 0}, append_to=("history", {"previousState": "gave_up"})
+    )
+    ddb.transact_write_items(TransactItems=[reopen])
+
+    reopened = store.read(own_item())
+    assert reopened is not None and reopened.state == PENDING and reopened.is_reclaimable(clock())
+    assert reopened.generation == first.claim.generation + 1 and reopened.token != first.claim.token
+    assert reopened.attributes["attempts"] == 0 and reopened.attributes["history"] == [{"previousState": "gave_up"}]
+    # The old holder is fenced out; the next claimant takes the claim over like a crashed one.
+    assert store.confirm(first.claim, state="succeeded").status is Write.STOLEN
+    again = store.acquire(own_item(), lease_ms=LEASE_MS, seen=reopened)
+    assert again.status is Acquire.ACQUIRED and again.claim is not None and again.claim.takeover
+
+
+def test_a_reopen_of_a_claim_that_changed_since_it_was_read_is_cancelled(
+    ddb: Any, store: ClaimStore, clock: FakeClock
+) -> None:
+    first = store.acquire(own_item(), lease_ms=LEASE_MS)
+    assert first.claim is not None and store.confirm(first.claim, state="gave_up").ok
+    seen = store.read(own_item())
+    assert seen is not None
+    ddb.transact_write_items(TransactItems=[store.reopen_item(own_item(), seen)])
+    with pytest.raises(ddb.exceptions.TransactionCanceledException):
+        ddb.transact_write_items(TransactItems=[store.reopen_item(own_item(), seen)])
+    with pytest.raises(ValueError, match="only a terminal claim is reopened"):
+        store.reopen_item(own_item(), store.read(own_item()))  # type: ignore[arg-type]
