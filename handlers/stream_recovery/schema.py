@@ -48,10 +48,8 @@ is refused by ``task_pk``):
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Literal
 
-KeyType = Literal["S", "N"]
+from handlers.common.table_schema import IndexSchema, KeyAttribute, TableSchema
 
 # -- A2A task states ------------------------------------------------------------------------
 
@@ -141,31 +139,7 @@ DELIVERY_CLAIM_INDEX = "byClaimShard"
 
 U64_MAX = 2**64 - 1
 
-
-@dataclass(frozen=True)
-class KeyAttribute:
-    name: str
-    type: KeyType
-
-
-@dataclass(frozen=True)
-class IndexSchema:
-    name: str
-    partition_key: KeyAttribute
-    sort_key: KeyAttribute | None = None
-    projection: Literal["ALL", "KEYS_ONLY"] = "ALL"
-
-
-@dataclass(frozen=True)
-class TableSchema:
-    """What the construct and the test tables need to create one table."""
-
-    role: str
-    partition_key: KeyAttribute
-    sort_key: KeyAttribute | None = None
-    stream_view: str | None = None
-    ttl_attribute: str | None = None
-    indexes: tuple[IndexSchema, ...] = ()
+__all__ = ["IndexSchema", "KeyAttribute", "TableSchema"]  # re-exported: the tables below are built from them
 
 
 TASKS = TableSchema(role="tasks", partition_key=KeyAttribute(PK, "S"))

@@ -44,6 +44,7 @@ from handlers.stream_recovery.settings import SERVICE
 from infra.acknowledge import acknowledge
 from infra.constructs.alarm_routing import route_alarm
 from infra.constructs.dead_letter_queue import DeadLetterQueue
+from infra.constructs.encrypted_table import encrypted_table
 from infra.constructs.function_alarms import FunctionAlarms
 from infra.constructs.handler_function import HandlerFunction
 
@@ -205,46 +206,12 @@ class StreamRecovery(Construct):
 
     def _create_tables(self, encryption_key: kms.IKey, removal_policy: RemovalPolicy) -> StreamRecoveryTables:
         created = {
-            table_schema.role: self._table(table_schema, encryption_key, removal_policy)
+            table_schema.role: encrypted_table(
+                self, table_schema, encryption_key=encryption_key, removal_policy=removal_policy
+            )
             for table_schema in schema.ALL_TABLES
         }
         return StreamRecoveryTables(**created)
-
-    def _table(
-        self, table_schema: schema.TableSchema, encryption_key: kms.IKey, removal_policy: RemovalPolicy
-    ) -> dynamodb.Table:
-        construct_id = "".join(part.title() for part in table_schema.role.split("_")) + "Table"
-        table = dynamodb.Table(
-            self,
-            construct_id,
-            partition_key=_attribute(table_schema.partition_key),
-            sort_key=_attribute(table_schema.sort_key) if table_schema.sort_key else None,
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
-            encryption_key=encryption_key,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            deletion_protection=removal_policy == RemovalPolicy.RETAIN,
-            removal_policy=removal_policy,
-            stream=dynamodb.StreamViewType(table_schema.stream_view) if table_schema.stream_view else None,
-            time_to_live_attribute=table_schema.ttl_attribute,
-        )
-        for index in table_schema.indexes:
-            table.add_global_secondary_index(
-                index_name=index.name,
-                partition_key=_attribute(index.partition_key),
-                sort_key=_attribute(index.sort_key) if index.sort_key else None,
-                projection_type=dynamodb.ProjectionType(index.projection),
-            )
-        for rule_id in ("NIST.800.53.R5-DynamoDBInBackupPlan", "HIPAA.Security-DynamoDBInBackupPlan"):
-            acknowledge(
-                table,
-                rule_id,
-                "Point-in-time recovery gives 35 days of continuous, restorable backups of this table; an AWS "
-                "Backup plan is an organisation-level choice left to the deploying account.",
-            )
-        return table
 
     # --- stream worker -------------------------------------------------------------------------
 
@@ -498,8 +465,3 @@ class StreamRecovery(Construct):
 def _grant(grantee: iam.IGrantable, table: dynamodb.ITable, *actions: str) -> None:
     """``actions`` on the table itself only (``ITable.grant`` would add every index too)."""
     iam.Grant.add_to_principal(grantee=grantee, actions=list(actions), resource_arns=[table.table_arn])
-
-
-def _attribute(key: schema.KeyAttribute) -> dynamodb.Attribute:
-    kind = dynamodb.AttributeType.STRING if key.type == "S" else dynamodb.AttributeType.NUMBER
-    return dynamodb.Attribute(name=key.name, type=kind)

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infra.acknowledge import acknowledge
+from handlers.common.table_schema import KeyAttribute, TableSchema
 from infra.config import FanOutConfig
+from infra.constructs.encrypted_table import encrypted_table
 from infra.constructs.fanout_consumer import FanOutConsumer
 from infra.stacks.subsystem_stack import SubsystemStack
+
+# The keys the fan-out handler reads (handlers/fanout/parsing.py, task_row.py, github.py).
+TASK_EVENTS = TableSchema(
+    role="task_events",
+    partition_key=KeyAttribute("task_id", "S"),
+    sort_key=KeyAttribute("event_id", "S"),
+    stream_view="NEW_IMAGE",
+)
+TASKS = TableSchema(role="task", partition_key=KeyAttribute("task_id", "S"))
+REPOS = TableSchema(role="repo", partition_key=KeyAttribute("repo", "S"))
 
 
 class FanOutStack(SubsystemStack):
@@ -38,17 +48,12 @@ class FanOutStack(SubsystemStack):
         self.task_events_table: dynamodb.ITable = (
             existing("TaskEventsTable", config.task_events_table_arn, config.task_events_stream_arn)
             if config.task_events_table_arn
-            else self._table(
-                "TaskEventsTable",
-                partition_key="task_id",
-                sort_key="event_id",
-                stream=dynamodb.StreamViewType.NEW_IMAGE,
-            )
+            else encrypted_table(self, TASK_EVENTS, encryption_key=self.encryption_key)
         )
         self.task_table: dynamodb.ITable = (
             existing("TaskTable", config.task_table_arn)
             if config.task_table_arn
-            else self._table("TaskTable", partition_key="task_id")
+            else encrypted_table(self, TASKS, encryption_key=self.encryption_key)
         )
         # The repo table maps a repository to its own GitHub token secret: it exists with GitHub.
         github_secret = None
@@ -60,7 +65,7 @@ class FanOutStack(SubsystemStack):
             self.repo_table = (
                 existing("RepoTable", config.repo_table_arn)
                 if config.repo_table_arn
-                else self._table("RepoTable", partition_key="repo")
+                else encrypted_table(self, REPOS, encryption_key=self.encryption_key)
             )
         secrets_keys = (
             [kms.Key.from_key_arn(self, "SecretsKey", config.secrets_kms_key_arn)] if config.secrets_kms_key_arn else []
@@ -81,35 +86,3 @@ class FanOutStack(SubsystemStack):
             alarm_topic=self.alarm_topic,
             encryption_key=self.encryption_key,
         )
-
-    def _table(
-        self,
-        construct_id: str,
-        *,
-        partition_key: str,
-        sort_key: str | None = None,
-        stream: dynamodb.StreamViewType | None = None,
-    ) -> dynamodb.Table:
-        table = dynamodb.Table(
-            self,
-            construct_id,
-            partition_key=dynamodb.Attribute(name=partition_key, type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name=sort_key, type=dynamodb.AttributeType.STRING) if sort_key else None,
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
-            encryption_key=self.encryption_key,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            deletion_protection=True,
-            removal_policy=RemovalPolicy.RETAIN,
-            stream=stream,
-        )
-        for rule_id in ("NIST.800.53.R5-DynamoDBInBackupPlan", "HIPAA.Security-DynamoDBInBackupPlan"):
-            acknowledge(
-                table,
-                rule_id,
-                "Point-in-time recovery gives 35 days of continuous, restorable backups of this table; an AWS "
-                "Backup plan is an organisation-level choice left to the deploying account.",
-            )
-        return table
