@@ -26,7 +26,6 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from constructs import Construct
@@ -35,6 +34,7 @@ from infra.acknowledge import acknowledge
 from infra.constructs.dead_letter_queue import DeadLetterQueue
 from infra.constructs.function_alarms import FunctionAlarms
 from infra.constructs.handler_function import HandlerFunction
+from infra.constructs.stream_source import stream_event_source
 
 # The characters a Secrets Manager secret name may hold (a prefix of them, no wildcard).
 _SECRET_NAME_PREFIX = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,256}$")
@@ -216,24 +216,18 @@ class FanOutConsumer(Construct):
         )
         self.function = self.handler_function.function
         self.handler_function.acknowledge_key_grants()
-        self.event_source = event_sources.DynamoEventSource(
+        # Only inserts and updates carry an event; REMOVE records (TTL expiry) never reach the
+        # function. Event types are NOT filtered further: a record with a missing or unknown type
+        # must reach the handler so it is reported (and DLQ'd) instead of vanishing.
+        self.event_source = stream_event_source(
             task_events_table,
+            dead_letter_queue=self.dlq.queue,
+            event_names=("INSERT", "MODIFY"),
             starting_position=starting_position,
             batch_size=batch_size,
             max_batching_window=max_batching_window,
-            bisect_batch_on_error=True,
-            report_batch_item_failures=True,
             retry_attempts=retry_attempts,
             max_record_age=max_record_age,
-            parallelization_factor=1,
-            on_failure=event_sources.SqsDlq(self.dlq.queue),
-            # Only inserts and updates carry an event; REMOVE records (TTL expiry) never reach the
-            # function. Event types are NOT filtered here: a record with a missing or unknown type
-            # must reach the handler so it is reported (and DLQ'd) instead of vanishing.
-            filters=[
-                lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("INSERT")}),
-                lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("MODIFY")}),
-            ],
         )
         self.function.add_event_source(self.event_source)
         self.alarms = FunctionAlarms(

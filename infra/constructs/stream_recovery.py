@@ -30,8 +30,6 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
 from aws_cdk import aws_sns as sns
@@ -47,6 +45,7 @@ from infra.constructs.dead_letter_queue import DeadLetterQueue
 from infra.constructs.encrypted_table import encrypted_table
 from infra.constructs.function_alarms import FunctionAlarms
 from infra.constructs.handler_function import HandlerFunction
+from infra.constructs.stream_source import stream_event_source
 
 STREAM_HANDLER = "handlers.stream_recovery.stream_handler.handler"
 SWEEPER_HANDLER = "handlers.stream_recovery.sweeper_handler.handler"
@@ -247,22 +246,16 @@ class StreamRecovery(Construct):
         )
         self.stream_function = self.stream_worker.function
         self.stream_worker.acknowledge_key_grants()
-        self.event_source = event_sources.DynamoEventSource(
+        # A marker's MODIFY (refresh) and REMOVE (consumed, TTL) records are not work; without the
+        # filter they would be two thirds of the invocations.
+        self.event_source = stream_event_source(
             self.tables.pending_dispatches,
-            # TRIM_HORIZON: markers written while the mapping is created are still delivered; the
-            # delivery claims make a replay harmless.
-            starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+            dead_letter_queue=self.stream_dlq.queue,
+            event_names=("INSERT",),
             batch_size=batch_size,
             max_batching_window=max_batching_window,
-            bisect_batch_on_error=True,
-            report_batch_item_failures=True,
             retry_attempts=retry_attempts,
             max_record_age=max_record_age,
-            parallelization_factor=1,
-            on_failure=event_sources.SqsDlq(self.stream_dlq.queue),
-            # A marker's MODIFY (refresh) and REMOVE (consumed, TTL) records are not work; without
-            # the filter they would be two thirds of the invocations.
-            filters=[lambda_.FilterCriteria.filter({"eventName": lambda_.FilterRule.is_equal("INSERT")})],
         )
         self.stream_function.add_event_source(self.event_source)
         self.stream_alarms = FunctionAlarms(
