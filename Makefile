@@ -80,6 +80,7 @@ bench: $(VENV)/.dev-installed $(PG_BIN)/initdb
 # (CLAIM_SCHEDULE_SEED=<n> explores other schedules; a failing one is printed for replay).
 soak: $(VENV)/.dev-installed
 	CLAIM_SCHEDULES=$${CLAIM_SCHEDULES:-10000} $(PY) -m pytest tests/reliability/common/test_claim_schedules.py -q
+	STREAM_RECOVERY_SCHEDULES=$${STREAM_RECOVERY_SCHEDULES:-10000} $(PY) -m pytest tests/reliability/stream_recovery/test_schedules.py -q
 
 deploy: synth
 	$(CDK) deploy --all --app cdk.out $(if $(AWS_PROFILE),--profile $(AWS_PROFILE))

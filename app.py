@@ -11,6 +11,7 @@ from infra.compliance import add_compliance_checks
 from infra.config import AppConfig, ConfigError, load_config
 from infra.stacks.export_runner_stack import ExportRunnerStack
 from infra.stacks.fanout_stack import FanOutStack
+from infra.stacks.job_claim_stack import JobClaimStack
 from infra.stacks.stream_recovery_stack import StreamRecoveryStack
 
 
@@ -23,6 +24,8 @@ def build_app(app: cdk.App, config: AppConfig) -> cdk.App:
         StreamRecoveryStack(
             app, "StreamRecovery", config=config.stream_recovery, alarm_topic_arn=config.alarm_topic_arn
         )
+    if "job_claim" in config.subsystems:
+        JobClaimStack(app, "JobClaim", config=config.job_claim, alarm_topic_arn=config.alarm_topic_arn)
     add_compliance_checks(app)
     return app
 
@@ -40,7 +43,7 @@ def main() -> int:
 
 
 def _context(app: cdk.App) -> dict[str, object]:
-    keys = ("subsystems", "alarm_topic_arn", "fanout", "export_runner", "stream_recovery")
+    keys = ("subsystems", "alarm_topic_arn", "fanout", "export_runner", "stream_recovery", "job_claim")
     return {key: value for key in keys if (value := app.node.try_get_context(key)) is not None}
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SUBSYSTEMS = ("fanout", "export_runner", "stream_recovery")
+SUBSYSTEMS = ("fanout", "export_runner", "stream_recovery", "job_claim")
 _ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:(\d{12})?:.+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # The characters a Secrets Manager secret name may hold; a prefix of them, no wildcard.
@@ -93,12 +93,19 @@ class StreamRecoveryConfig:
 
 
 @dataclass(frozen=True)
+class JobClaimConfig:
+    # Only mail to <project>+<user>@<email_domain> is routed; None: any domain.
+    email_domain: str | None = None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     subsystems: tuple[str, ...]
     alarm_topic_arn: str | None
     fanout: FanOutConfig
     export_runner: ExportRunnerConfig
     stream_recovery: StreamRecoveryConfig = StreamRecoveryConfig()
+    job_claim: JobClaimConfig = JobClaimConfig()
 
 
 def _optional_str(section: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -167,6 +174,7 @@ _KNOWN_KEYS = {
         "deliveries_table_arn",
         "tables_kms_key_arn",
     },
+    "job_claim": {"email_domain"},
 }
 # The keys that together name the application's own StreamRecovery tables: all of them or none.
 _EXISTING_STREAM_RECOVERY_KEYS = (
@@ -393,6 +401,14 @@ def _stream_recovery(context: Mapping[str, Any]) -> StreamRecoveryConfig:
     )
 
 
+def _job_claim(context: Mapping[str, Any]) -> JobClaimConfig:
+    section = _section(context, "job_claim")
+    domain = _optional_str(section, "email_domain", "job_claim")
+    if domain is not None and (not _HOSTNAME.match(domain) or "." not in domain):
+        raise ConfigError(f"context job_claim.email_domain must be a domain name, got {domain!r}")
+    return JobClaimConfig(email_domain=domain.lower() if domain else None)
+
+
 def load_config(context: Mapping[str, Any]) -> AppConfig:
     raw_subsystems = context.get("subsystems", list(SUBSYSTEMS))
     if isinstance(raw_subsystems, str):
@@ -441,4 +457,5 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
         fanout=fanout_config,
         export_runner=export_runner_config,
         stream_recovery=_stream_recovery(context),
+        job_claim=_job_claim(context),
     )

@@ -75,6 +75,30 @@ CONFIGURATIONS = {"cdk-json": CDK_JSON_CONTEXT, "every-option": {**CDK_JSON_CONT
 REVIEWED_SKIPS = {
     "ExportRunner.template.json": {("CKV_AWS_18", "ExportRunnerAccessLogBucket")},
     "FanOutConsumer.template.json": {("CKV_AWS_117", "FanOutConsumerHandlerFunction")},
+    "JobClaim.template.json": {("CKV_AWS_18", "JobClaimEmailAccessLogBucket")}
+    | {
+        ("CKV_AWS_117", f"JobClaim{name}Function")
+        for name in (
+            "Intake",
+            "ParseEmail",
+            "ProcessAttachment",
+            "CheckActiveJob",
+            "RequestClaim",
+            "RecordInterruption",
+            "HandleTimeout",
+        )
+    }
+    | {
+        ("CKV_AWS_116", f"JobClaim{name}Function")
+        for name in (
+            "ParseEmail",
+            "ProcessAttachment",
+            "CheckActiveJob",
+            "RequestClaim",
+            "RecordInterruption",
+            "HandleTimeout",
+        )
+    },
     "StreamRecovery.template.json": {
         ("CKV_AWS_117", "StreamRecoveryStreamWorkerFunction"),
         ("CKV_AWS_117", "StreamRecoverySweeperFunction"),
@@ -113,7 +137,7 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> Scan:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"synth of {name} failed:\n{stderr[-3000:]}"
     templates = sorted(path.relative_to(root).as_posix() for path in root.glob("*/*.template.json"))
-    assert len(templates) == 3 * len(CONFIGURATIONS), templates
+    assert len(templates) == 4 * len(CONFIGURATIONS), templates
     command = [
         str(checkov), "--framework", "cloudformation", "--output", "json", "--skip-download", "--file", *templates,
     ]  # fmt: skip

@@ -11,7 +11,7 @@ from infra.config import ConfigError, load_config
 
 def test_defaults_enable_every_subsystem() -> None:
     config = load_config({"fanout": {"email_sender": "agent@example.com"}})
-    assert config.subsystems == ("fanout", "export_runner", "stream_recovery")
+    assert config.subsystems == ("fanout", "export_runner", "stream_recovery", "job_claim")
     assert config.alarm_topic_arn is None
     assert config.fanout.slack_secret_prefix is None
     assert config.export_runner.deletion_protection is True

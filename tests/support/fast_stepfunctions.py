@@ -145,6 +145,30 @@ def answers_before_the_wait_kept() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def states_errors_leave_parallel_branches() -> Iterator[None]:
+    """Fix moto's interpreter: a ``States.*`` error leaving a Parallel branch (a heartbeat
+    timeout of a task token inside the branch: ``States.Timeout``) crashed the execution, because
+    the Parallel state re-raised it as a custom error name, which refuses the ``States.`` prefix.
+    AWS hands it to the Parallel's Catch like any other error; so does this.
+    """
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import (
+        ILLEGAL_CUSTOM_ERROR_PREFIX,
+        CustomErrorName,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+    from moto.stepfunctions.parser.asl.component.state.exec.state_parallel import branches_decl
+
+    def error_name(error_name: str | None) -> Any:
+        if error_name is not None and error_name.startswith(ILLEGAL_CUSTOM_ERROR_PREFIX):
+            return StatesErrorName.from_name(error_name)
+        return CustomErrorName(error_name=error_name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(branches_decl, "CustomErrorName", error_name)
+        yield
+
+
 def wait_for_execution(sfn: Any, execution_arn: str, *, within: float = 10.0) -> dict[str, Any]:
     """DescribeExecution until it is no longer RUNNING; fails the test after ``within`` seconds."""
     deadline = time.monotonic() + within

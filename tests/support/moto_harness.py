@@ -2,7 +2,7 @@
 
 - ``lambda_runs_handlers``: moto's Lambda runs our handlers in this process (tests/support/moto_lambda.py);
 - ``sfn_executes``: moto executes state machines during the test (one race of its interpreter
-  fixed), then the previous config is back;
+  fixed, and States.* errors leaving Parallel branches), then the previous config is back;
 - ``fast_stepfunctions``: executing state machines whose waits take ``clock.scale`` of their
   seconds (tests/support/fast_stepfunctions.py).
 
@@ -23,6 +23,7 @@ from tests.support.fast_stepfunctions import (
     StepFunctionsClock,
     answers_before_the_wait_kept,
     scaled_stepfunctions_time,
+    states_errors_leave_parallel_branches,
 )
 from tests.support.moto_lambda import LambdaHarness, lambda_handlers_in_process
 from tests.support.moto_server import MotoServer
@@ -57,7 +58,7 @@ def sfn_executes(aws: MotoServer) -> Iterator[MotoServer]:
     before = copy.deepcopy(default_user_config.get("stepfunctions", {"execute_state_machine": False}))
     aws.enable_state_machine_execution()
     try:
-        with answers_before_the_wait_kept():
+        with answers_before_the_wait_kept(), states_errors_leave_parallel_branches():
             yield aws
     finally:
         _post_moto_config(aws, {"stepfunctions": before})
