@@ -49,6 +49,10 @@ from handlers.stream_recovery.markers import PendingDispatch, is_eligible
 from handlers.stream_recovery.writer import PushConfig
 
 CLAIM_SHARDS = 8
+# Kept free at the end of an invocation: the outcome write and the marker delete after the last
+# POST, and the batch response, must still fit before Lambda's timeout.
+DEADLINE_MARGIN_SECONDS = 3.0
+DEFERRED = "deferred"  # not started: too little time left in this invocation; the sweeper retries
 
 
 class StaleClaimError(RuntimeError):
@@ -97,7 +101,18 @@ class Redispatcher:
         self._clock_micros = clock_micros
         self._deliver = deliver_fn
 
-    def redispatch(self, marker: PendingDispatch) -> RedispatchResult:
+    @property
+    def policy(self) -> DeliveryPolicy:
+        return self._policy
+
+    def redispatch(self, marker: PendingDispatch, *, deadline: float | None = None) -> RedispatchResult:
+        """Deliver ``marker``'s event to its eligible configs.
+
+        ``deadline`` (``time.monotonic()``, the invocation's end): each delivery's horizon is cut
+        to the time left, and a config whose delivery could not finish one attempt before it is
+        not claimed (``deferred``: the marker stays, the sweeper or a redelivery does it later), so
+        a slow receiver can never push the invocation into its timeout.
+        """
         result = RedispatchResult()
         ddb = client("dynamodb")
         pk = marker.task_pk
@@ -119,7 +134,7 @@ class Redispatcher:
         result.eligible = len(configs)
         payload = _payload(marker, event)
         for config in configs:
-            outcome = self._deliver_one(marker, config, payload)
+            outcome = self._deliver_one(marker, config, payload, deadline)
             result.outcomes[config.config_id] = outcome
             if outcome in ("settled", Outcome.SUCCEEDED, Outcome.GAVE_UP, Outcome.ABANDONED):
                 result.terminal += 1
@@ -128,7 +143,14 @@ class Redispatcher:
             result.marker_deleted = True
         return result
 
-    def _deliver_one(self, marker: PendingDispatch, config: PushConfig, payload: Mapping[str, Any]) -> str:
+    def _deliver_one(
+        self, marker: PendingDispatch, config: PushConfig, payload: Mapping[str, Any], deadline: float | None
+    ) -> str:
+        horizon = self._policy.retry_horizon_seconds
+        if deadline is not None:
+            horizon = min(horizon, deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS)
+            if horizon < self._policy.attempt_seconds:
+                return DEFERRED
         location = ClaimLocation(
             self._tables.deliveries,
             {
@@ -159,6 +181,7 @@ class Redispatcher:
             payload,
             policy=self._policy,
             prior_attempts=prior,
+            horizon_seconds=horizon,
             before_attempt=lambda number: self._attempt_started(claim),
         )
         if delivered.outcome is Outcome.RETRY:

@@ -11,6 +11,7 @@ so one dead receiver never holds back the stream.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
@@ -36,6 +37,15 @@ processor = OrderedStreamProcessor(
 )
 
 
+class _Invocation:
+    """The running invocation's end (``time.monotonic()``); one invocation at a time per container."""
+
+    deadline: float | None = None
+
+
+_invocation = _Invocation()
+
+
 def handle_record(record: DynamoDBRecord) -> None:
     logger.thread_safe_clear_keys()
     logger.thread_safe_append_keys(sequence_number=record.dynamodb.sequence_number if record.dynamodb else None)
@@ -48,7 +58,7 @@ def handle_record(record: DynamoDBRecord) -> None:
     if marker is None:
         return  # MODIFY (a refresh) or REMOVE (consumed, TTL): not work
     logger.thread_safe_append_keys(tenant=marker.tenant, task_id=marker.task_id, event_sequence=marker.event_sequence)
-    result = redispatcher.redispatch(marker)
+    result = redispatcher.redispatch(marker, deadline=_invocation.deadline)
     logger.info(
         "Redispatched",
         extra={
@@ -64,6 +74,9 @@ def handle_record(record: DynamoDBRecord) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # Every delivery is cut to the time left: a record that cannot finish is left to the sweeper
+    # (its marker stays) instead of timing the whole batch out.
+    _invocation.deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     return dict(
         process_partial_response(event=event, record_handler=handle_record, processor=processor, context=context)
     )

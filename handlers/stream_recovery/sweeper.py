@@ -24,9 +24,15 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from handlers.common.aws import client
-from handlers.common.claims import Acquire, ClaimLocation, ClaimStore
+from handlers.common.claims import Acquire, ClaimContentionError, ClaimLocation, ClaimStore
 from handlers.stream_recovery import schema
-from handlers.stream_recovery.dispatch import CLAIM_SHARDS, Redispatcher, StaleClaimError
+from handlers.stream_recovery.delivery import Outcome
+from handlers.stream_recovery.dispatch import (
+    CLAIM_SHARDS,
+    DEADLINE_MARGIN_SECONDS,
+    Redispatcher,
+    StaleClaimError,
+)
 from handlers.stream_recovery.markers import MalformedMarkerError, parse_new_image
 
 STALE_MARKER_AGE_MICROS = 10 * 60 * 1_000_000
@@ -70,18 +76,35 @@ class Sweeper:
         self._claims = claim_store or ClaimStore()
         self._clock_micros = clock_micros
 
-    def sweep(self) -> SweepReport:
+    def sweep(self, *, deadline: float | None = None) -> SweepReport:
+        """One sweep: stale markers first, then reclaimable claims of other events.
+
+        ``deadline`` (``time.monotonic()``): deliveries are cut to the time left and the sweep stops
+        starting new items when less than one attempt remains (the rest waits for the next sweep).
+        A claim that the markers pass of this same sweep just tried and left to retry is not
+        processed again (its lease ended only because it is still failing).
+        """
         report = SweepReport()
+        retried: set[tuple[str, int, str]] = set()  # (task pk, event sequence, config id)
         cutoff = self._clock_micros() - STALE_MARKER_AGE_MICROS
         for item in self._index_items(
             self._markers_table, schema.MARKER_SWEEP_INDEX, schema.MARKER_SWEEP_SHARD,
             schema.MARKER_RECORDED_AT_MICROS, cutoff, schema.MARKER_SWEEP_SHARDS,
         ):  # fmt: skip
             report.staleMarkersFound += 1
+            if self._out_of_time(deadline):
+                report.error(f"marker {_describe(item)}: left for the next sweep (the invocation's time ran out)")
+                continue
             try:
-                self._redispatcher.redispatch(parse_new_image(item))
+                marker = parse_new_image(item)
+                result = self._redispatcher.redispatch(marker, deadline=deadline)
+                retried.update(
+                    (marker.task_pk, marker.event_sequence, config_id)
+                    for config_id, outcome in result.outcomes.items()
+                    if outcome == Outcome.RETRY
+                )
                 report.staleMarkersRecovered += 1
-            except (ClientError, BotoCoreError, StaleClaimError, LookupError) as exc:
+            except (ClientError, BotoCoreError, StaleClaimError, LookupError, ClaimContentionError) as exc:
                 report.staleMarkersTransientErrors += 1
                 report.error(f"marker {_describe(item)}: {type(exc).__name__}: {exc}")
             except MalformedMarkerError as exc:
@@ -92,14 +115,37 @@ class Sweeper:
             schema.DELIVERY_LEASE, now_ms, CLAIM_SHARDS,
         ):  # fmt: skip
             report.reclaimableClaimsFound += 1
+            claim_key = (
+                schema.task_pk(item[schema.DELIVERY_TENANT]["S"], item[schema.DELIVERY_TASK_ID]["S"]),
+                int(item[schema.DELIVERY_EVENT_SEQUENCE]["N"]),
+                item[schema.DELIVERY_SK]["S"],
+            )
+            if claim_key in retried:
+                continue  # tried by this sweep's markers pass a moment ago, still failing
+            if self._out_of_time(deadline):
+                report.error(f"claim {_describe(item)}: left for the next sweep (the invocation's time ran out)")
+                continue
             try:
-                self._reclaim(item)
+                self._reclaim(item, deadline)
                 report.reclaimableClaimsProcessed += 1
-            except (ClientError, BotoCoreError, StaleClaimError, LookupError, KeyError, ValueError) as exc:
+            except (
+                ClientError,
+                BotoCoreError,
+                StaleClaimError,
+                LookupError,
+                KeyError,
+                ValueError,
+                ClaimContentionError,
+            ) as exc:
                 report.error(f"claim {_describe(item)}: {type(exc).__name__}: {exc}")
         return report
 
-    def _reclaim(self, item: Mapping[str, Any]) -> None:
+    def _out_of_time(self, deadline: float | None) -> bool:
+        if deadline is None:
+            return False
+        return deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS < self._redispatcher.policy.attempt_seconds
+
+    def _reclaim(self, item: Mapping[str, Any], deadline: float | None = None) -> None:
         tenant = item[schema.DELIVERY_TENANT]["S"]
         task_id = item[schema.DELIVERY_TASK_ID]["S"]
         sequence = int(item[schema.DELIVERY_EVENT_SEQUENCE]["N"])
@@ -108,7 +154,7 @@ class Sweeper:
             client("dynamodb").get_item(TableName=self._markers_table, Key=marker_key, ConsistentRead=True).get("Item")
         )
         if marker:
-            self._redispatcher.redispatch(parse_new_image(marker))
+            self._redispatcher.redispatch(parse_new_image(marker), deadline=deadline)
             return
         # No marker: its task was deleted (or it was consumed while this claim's holder died
         # after the POST). Nothing will ever drive this claim again: settle it as abandoned.

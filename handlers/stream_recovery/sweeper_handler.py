@@ -6,6 +6,7 @@ metric stays for a broken deployment), so the sweeper-errors alarm can watch the
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from handlers.common.observability import add_count, observability
@@ -28,7 +29,7 @@ sweeper = Sweeper(
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    report = sweeper.sweep().as_dict()
+    report = sweeper.sweep(deadline=time.monotonic() + context.get_remaining_time_in_millis() / 1000).as_dict()
     if report["errors"]:
         logger.error("Sweep finished with errors", extra=report)
         add_count(metrics, "sweep_errors", len(report["errors"]))

@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -218,3 +219,20 @@ def test_timing_rules_fail_the_cold_start(world: World, monkeypatch: pytest.Monk
     monkeypatch.setenv("DELIVERY_CLAIM_EXPIRY_SECONDS", "20")  # shorter than the 30 s horizon
     with pytest.raises(ConfigurationError, match="claim expiry"):
         fresh_stream_handler()
+
+
+def test_two_dead_receivers_cannot_push_the_invocation_past_its_timeout(world: World) -> None:
+    # Two configs, both failing: 2 x the 30 s horizon would exceed a 26 s invocation; the second
+    # delivery is cut to what is left (or not started), the batch ends in time and loses nothing.
+    configs = [world.register(), world.register()]
+    world.commit("t-1", 2, "completed")
+    world.receiver.script(*[Answer(503)] * 200)
+    started = time.monotonic()
+
+    response = dict(world.handler.handler(world.stream.next_batch(), FakeLambdaContext(timeout_ms=26_000)))
+
+    assert time.monotonic() - started < 26
+    assert reported(response) == []
+    assert len(world.markers()) == 1  # the sweeper finishes what this invocation could not
+    states = [world.delivery("t-1", 2, c.config_id).get("state", {}).get("S") for c in configs]
+    assert "succeeded" not in states

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,13 +13,13 @@ import pytest
 from handlers.common.claims import ClaimLocation, ClaimStore
 from handlers.stream_recovery import schema
 from handlers.stream_recovery.delivery import DeliveryPolicy
-from handlers.stream_recovery.dispatch import DispatchTables, Redispatcher
+from handlers.stream_recovery.dispatch import DEADLINE_MARGIN_SECONDS, DispatchTables, Redispatcher
 from handlers.stream_recovery.sweeper import STALE_MARKER_AGE_MICROS, Sweeper
 from handlers.stream_recovery.writer import StreamRecoveryWriter
 from tests.support.claim_tables import FakeClock
 from tests.support.moto_server import MotoServer
 from tests.support.stream_recovery_tables import StreamRecoveryTables, create_stream_recovery_tables
-from tests.support.webhook_stub import WebhookStub
+from tests.support.webhook_stub import Answer, WebhookStub
 
 TENANT = "acme"
 COMMIT_MICROS = 1_800_000_000_000_000
@@ -82,6 +83,12 @@ class World:
 
     def markers(self) -> list[dict[str, Any]]:
         return self.ddb.scan(TableName=self.tables.pending_dispatches, ConsistentRead=True)["Items"]
+
+
+class TickingClock(FakeClock):
+    def __call__(self) -> int:
+        self.now_ms += 1
+        return self.now_ms
 
 
 @pytest.fixture
@@ -171,3 +178,44 @@ def test_a_claim_whose_marker_is_gone_is_abandoned(world: World) -> None:
     record = ClaimStore(clock=world.clock).read(location)
     assert record is not None and record.state == "abandoned"
     assert world.sweeper().sweep().reclaimableClaimsFound == 0  # terminal claims leave the index
+
+
+def test_a_delivery_still_failing_is_tried_once_per_sweep_not_again_by_its_claims_pass(world: World) -> None:
+    # 429 with a Retry-After past the horizon: the delivery ends "retry" and its lease is ended at
+    # once; the same sweep's claims pass must not take it straight over and POST a second time.
+    world.receiver.script(*[Answer(429, {"Retry-After": "120"})] * 4)
+    world.clock = TickingClock(world.clock.now_ms)  # time moves during the sweep, as it does
+    world.terminal_task("t-1")
+    world.later(STALE_MARKER_AGE_MICROS + 1)
+
+    report = world.sweeper().sweep()
+
+    assert len(world.receiver.received()) == 1
+    assert (report.staleMarkersRecovered, report.reclaimableClaimsProcessed) == (1, 0)
+    assert report.reclaimableClaimsFound == 1  # found, and left for the next sweep
+
+
+def test_a_sweep_with_no_time_left_starts_no_delivery_and_keeps_the_work(world: World) -> None:
+    world.terminal_task("t-1")
+    world.later(STALE_MARKER_AGE_MICROS + 1)
+
+    # Less than one attempt (connect + read timeout) before the invocation ends.
+    report = world.sweeper().sweep(deadline=time.monotonic() + POLICY.attempt_seconds)
+
+    assert world.receiver.received() == [] and len(world.markers()) == 1
+    assert report.staleMarkersRecovered == 0 and "left for the next sweep" in report.errors[0]
+    assert world.sweeper().sweep().staleMarkersRecovered == 1 and len(world.receiver.received()) == 1
+
+
+def test_a_delivery_is_cut_to_the_time_left_in_the_invocation(world: World) -> None:
+    # A receiver that keeps failing: without a deadline the horizon (30 s) would be spent.
+    world.receiver.script(*[Answer(503)] * 50)
+    world.terminal_task("t-1")
+    world.later(STALE_MARKER_AGE_MICROS + 1)
+    budget = POLICY.attempt_seconds + DEADLINE_MARGIN_SECONDS + 2
+
+    started = time.monotonic()
+    world.sweeper().sweep(deadline=started + budget)
+
+    assert time.monotonic() - started < budget
+    assert len(world.markers()) == 1  # not delivered yet: still the sweeper's work
