@@ -30,10 +30,15 @@ from handlers.export_runner.db import Database, read_database_settings
 from handlers.export_runner.export_job import Outcome, RunnerDependencies, run_export_job
 from handlers.export_runner.migrate import MigrationError, apply_migrations
 from handlers.export_runner.producer import ExportRequest, ExportRequestError, create_export_job
-from handlers.export_runner.settings import read_presign_ttl, runner_settings, sweeper_settings
+from handlers.export_runner.settings import (
+    MAX_PRESIGN_TTL_SECONDS,
+    read_presign_ttl,
+    runner_settings,
+    sweeper_settings,
+)
 from handlers.export_runner.storage import s3_client
 from handlers.export_runner.urls import DownloadUrlError, reissue_download_url
-from handlers.export_runner.verify import VerifyError, verify_file
+from handlers.export_runner.verify import VerifyError, read_manifest, verify_file
 
 PROG = "python -m handlers.export_runner"
 
@@ -101,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--allow-gaps", action="store_true", help="accept chains with events left out (exports narrowed by a filter)"
     )
+    verify.add_argument(
+        "--manifest",
+        type=Path,
+        help="the export's manifest (<file>.manifest.json, or the job's manifest): also check count, head, tail, "
+        "cut links and SHA-256",
+    )
     return parser
 
 
@@ -113,7 +124,8 @@ def _quiet_logger() -> Logger:
 def _database(environ: Mapping[str, str]) -> Database:
     env = EnvReader(environ)
     settings = read_database_settings(env)
-    env.check(PROG)
+    # The error line already starts with the program's name: the component says what is wrong.
+    env.check("database settings")
     return Database(settings)
 
 
@@ -138,6 +150,9 @@ def cmd_create_job(args: argparse.Namespace, environ: Mapping[str, str], stdout:
         actor_type=args.actor_type,
         format=args.format,
         filter=args.filter,
+        # The operator at the CLI holds the database login: cross-tenant exports are theirs to
+        # request (the producer still requires a user actor).
+        cross_tenant=True,
     )
     with _database(environ).connect(application_name="export-runner-cli") as conn:
         job = create_export_job(conn, request, queue_url=queue_url)
@@ -184,9 +199,11 @@ def cmd_reissue_url(args: argparse.Namespace, environ: Mapping[str, str], stdout
     env = EnvReader(environ)
     bucket = env.require("COMPLIANCE_EXPORTS_BUCKET")
     ttl = args.ttl if args.ttl is not None else read_presign_ttl(env)
-    env.check(PROG)
-    if ttl < 1:
-        raise UsageError("--ttl must be a positive number of seconds")
+    env.check("reissue-url settings")
+    if not 1 <= ttl <= MAX_PRESIGN_TTL_SECONDS:
+        raise UsageError(
+            f"--ttl must be between 1 and {MAX_PRESIGN_TTL_SECONDS} seconds (7 days, the longest S3 accepts), got {ttl}"
+        )
     issued = reissue_download_url(_database(environ), s3_client(), bucket=bucket, job_id=args.job_id, ttl_seconds=ttl)
     _print(stdout, {"jobId": str(issued.job_id), "url": issued.url, "expiresAt": issued.expires_at.isoformat()})
     return 0
@@ -203,11 +220,15 @@ def cmd_sweep(args: argparse.Namespace, environ: Mapping[str, str], stdout: IO[s
 
 
 def cmd_verify(args: argparse.Namespace, environ: Mapping[str, str], stdout: IO[str]) -> int:
-    report = verify_file(args.file, file_format=args.format, allow_gaps=args.allow_gaps)
+    manifest = read_manifest(args.manifest) if args.manifest is not None else None
+    report = verify_file(args.file, file_format=args.format, allow_gaps=args.allow_gaps, manifest=manifest)
+    if report.manifest_findings:
+        raise CommandError("MANIFEST_MISMATCH", "; ".join(finding.describe() for finding in report.manifest_findings))
     if report.broken is not None:
         raise CommandError("CHAIN_BROKEN", report.broken.describe())
     gaps = f", {report.gaps} gap(s) allowed (first: {report.first_gap.describe()})" if report.first_gap else ""
-    stdout.write(f"OK: {report.records} records, {report.tenants} tenant(s), hash chain intact{gaps}\n")
+    checked = ", matches its manifest" if manifest is not None else ""
+    stdout.write(f"OK: {report.records} records, {report.tenants} tenant(s), hash chain intact{gaps}{checked}\n")
     return 0
 
 

@@ -49,6 +49,7 @@ TLS_SSL_MODES = ("require", "verify-ca", "verify-full")
 VERIFYING_SSL_MODES = ("verify-ca", "verify-full")
 DEFAULT_SSL_MODE = "verify-full"
 DEFAULT_PORT = 5432
+EITHER_LOGIN = "DATABASE_URL or DATABASE_SECRET_ARN"
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,12 @@ def read_database_settings(env: EnvReader) -> DatabaseSettings:
         user = env.require("DATABASE_USER") or None
     elif auth == "url" or (not auth and url):
         url = env.require("DATABASE_URL") or None
-    elif auth == "secret" or not auth:
-        # Without DATABASE_AUTH and DATABASE_URL, the secret is the one that is missing.
+    elif auth == "secret":
         secret_arn = env.require("DATABASE_SECRET_ARN") or None
+    elif not secret_arn:
+        # Neither DATABASE_AUTH nor a login: either one would do, so the problem names both (a
+        # name no variable has, so it reads as "not set").
+        env.require(EITHER_LOGIN)
     sslmode = env.parsed("DATABASE_SSLMODE", _ssl_mode(auth)) or DEFAULT_SSL_MODE
     ca_bundle = env.parsed("DATABASE_CA_BUNDLE", _readable_file)
     mode = auth or ("url" if url else "secret")

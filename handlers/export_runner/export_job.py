@@ -52,6 +52,7 @@ from handlers.export_runner.filters import (
     parse_filter,
     parse_format,
 )
+from handlers.export_runner.manifest import build_manifest, manifest_key, tenant_summaries
 
 STATE_APPLICATION = "export-runner"
 STREAM_APPLICATION_PREFIX = "export-runner-stream:"
@@ -148,6 +149,9 @@ def run_export_job(
         return RunReport(job_id, Outcome.FAILED, error=error)
 
     key: str | None = None
+    # Objects this run wrote (key -> version id in a versioned bucket): a discarded export
+    # deletes exactly these versions, so no noncurrent copy of it lingers.
+    written: dict[str, str | None] = {}
     try:
         if job is None:
             raise JobVanishedError("job row disappeared")
@@ -163,6 +167,10 @@ def run_export_job(
                 # nothing yet (a lock wait, a slow scan) and the part-by-part check cannot run.
                 stream_conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{time_left_ms()}ms",))
             try:
+                # The manifest and the file come from one snapshot: rows committed meanwhile are
+                # in neither. Read only, so no writer's chain lock is affected.
+                stream_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                tenants = tenant_summaries(stream_conn, job.tenant_id, export_filter)
                 result = stream_copy_to_s3(
                     stream_conn,
                     statement,
@@ -173,10 +181,29 @@ def run_export_job(
                     content_type=export_format.content_type,
                     deadline=deadline,
                 )
+                written[key] = result.version_id
+                stream_conn.execute("COMMIT")
             except psycopg.errors.QueryCanceled as exc:
                 raise ExportDeadlineExceeded(
                     f"export query cancelled at the deadline before the function timeout ({exc.diag.message_primary})"
                 ) from exc
+        manifest = build_manifest(
+            job_id=job.job_id,
+            job_tenant_id=job.tenant_id,
+            export_format=export_format.name,
+            job_filter=job.filter,
+            rows=result.rows,
+            sha256=result.sha256,
+            tenants=tenants,
+        )
+        if sum(summary["rows"] for summary in tenants.values()) != result.rows:
+            raise RuntimeError(f"export wrote {result.rows} rows but its manifest counts a different number")
+        written[manifest_key(key)] = deps.s3.put_object(
+            Bucket=deps.bucket,
+            Key=manifest_key(key),
+            Body=json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8"),
+            ContentType="application/json",
+        ).get("VersionId")
         url, expires_at = presign_download(deps.s3, deps.bucket, key, deps.presign_ttl_seconds)
     except JobVanishedError as exc:
         _record_failure(job_id, str(exc), deps, logger)
@@ -184,20 +211,22 @@ def run_export_job(
     except Exception as exc:
         error = _describe(exc)
         logger.exception("export failed", job_id=str(job_id), s3_key=key)
+        # The file may be complete in S3 but the job will say failed: no unexplained download.
+        _delete_quietly(deps, written, logger)
         _record_failure(job_id, error, deps, logger)
         return RunReport(job_id, Outcome.FAILED, s3_key=key, error=error)
 
     try:
         with deps.database.connect(application_name=STATE_APPLICATION) as conn:
-            completed = jobs.complete_job(conn, job_id, s3_key=key, url=url, expires_at=expires_at)
+            completed = jobs.complete_job(conn, job_id, s3_key=key, url=url, expires_at=expires_at, manifest=manifest)
     except Exception as exc:
-        return _completion_unrecorded(job_id, key, result, exc, deps, logger)
+        return _completion_unrecorded(job_id, key, result, written, exc, deps, logger)
     if not completed:
         # Swept (or deleted) while we worked: the job already says failed, so the object must
         # not outlive it as an unexplained download.
         error = "job was no longer running when its export finished; export discarded"
         logger.error(error, job_id=str(job_id), s3_key=key)
-        _delete_quietly(deps, key, logger)
+        _delete_quietly(deps, written, logger)
         return RunReport(job_id, Outcome.FAILED, s3_key=key, result=result, error=error)
     logger.info(
         "export complete",
@@ -213,13 +242,19 @@ def run_export_job(
 
 
 def _completion_unrecorded(
-    job_id: uuid.UUID, key: str, result: ExportResult, exc: Exception, deps: RunnerDependencies, logger: Logger
+    job_id: uuid.UUID,
+    key: str,
+    result: ExportResult,
+    written: dict[str, str | None],
+    exc: Exception,
+    deps: RunnerDependencies,
+    logger: Logger,
 ) -> RunReport:
     """The completing UPDATE raised: fail the job if it is still running, else the completion stood."""
     error = f"could not record the completed export: {_describe(exc)}"
     logger.exception(error, job_id=str(job_id), s3_key=key)
     if _record_failure(job_id, error, deps, logger):
-        _delete_quietly(deps, key, logger)
+        _delete_quietly(deps, written, logger)
         return RunReport(job_id, Outcome.FAILED, s3_key=key, result=result, error=error)
     try:
         with deps.database.connect(application_name=STATE_APPLICATION) as conn:
@@ -261,8 +296,15 @@ def _record_failure(job_id: uuid.UUID, error: str, deps: RunnerDependencies, log
     return recorded
 
 
-def _delete_quietly(deps: RunnerDependencies, key: str, logger: Logger) -> None:
-    try:
-        deps.s3.delete_object(Bucket=deps.bucket, Key=key)
-    except Exception:
-        logger.exception("could not delete the discarded export", s3_key=key)
+def _delete_quietly(deps: RunnerDependencies, written: dict[str, str | None], logger: Logger) -> None:
+    """Delete what this run wrote. In a versioned bucket (the construct's) a plain delete would
+    only add a delete marker and keep the export as a noncurrent version: the version itself is
+    deleted instead."""
+    for key, version_id in written.items():
+        try:
+            if version_id is not None:
+                deps.s3.delete_object(Bucket=deps.bucket, Key=key, VersionId=version_id)
+            else:
+                deps.s3.delete_object(Bucket=deps.bucket, Key=key)
+        except Exception:
+            logger.exception("could not delete the discarded export", s3_key=key, version_id=version_id)

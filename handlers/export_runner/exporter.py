@@ -19,6 +19,7 @@ rest of a million-row query for nothing before the failure surfaces.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ class ExportResult:
     parts: int
     stream_seconds: float  # first byte requested -> last byte read from Postgres
     finalize_seconds: float  # last byte read -> object visible in S3
+    sha256: str = ""  # of the object's bytes, for the manifest
+    version_id: str | None = None  # the object's version in a versioned bucket
 
 
 class MultipartUpload:
@@ -78,6 +81,9 @@ class MultipartUpload:
         self._parts: list[dict[str, Any]] = []
         self._submitted = 0
         self.bytes_written = 0
+        # Hashed a part at a time as parts are shipped in order (one update per 8 MiB, not per row).
+        self._sha256 = hashlib.sha256()
+        self.version_id: str | None = None
         self._buffer = self._take_buffer()
         self._view = memoryview(self._buffer)
         self._filled = 0
@@ -85,6 +91,10 @@ class MultipartUpload:
     @property
     def part_count(self) -> int:
         return self._submitted
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         filled, end = self._filled, self._filled + len(data)
@@ -119,6 +129,7 @@ class MultipartUpload:
         self._filled = 0
 
     def _submit(self, body: bytearray) -> None:
+        self._sha256.update(body)
         self._submitted += 1
         self.bytes_written += len(body)
         future = self._pool.submit(self._send_part, self._submitted, body)
@@ -164,21 +175,24 @@ class MultipartUpload:
         """Upload what is left and make the object visible (PutObject when it never needed parts)."""
         tail = self._buffer[: self._filled]  # a copy: the last part is the only short one
         if self._upload_id is None:
-            self._s3.put_object(
+            self._sha256.update(tail)
+            response = self._s3.put_object(
                 Bucket=self._bucket, Key=self._key, Body=tail, ContentType=self._content_type, ChecksumAlgorithm="CRC32"
             )
+            self.version_id = response.get("VersionId")
             self._submitted = 1
             self.bytes_written = len(tail)
             return
         if tail:
             self._submit(tail)
         self._collect(return_when=ALL_COMPLETED, block=True)
-        self._s3.complete_multipart_upload(
+        response = self._s3.complete_multipart_upload(
             Bucket=self._bucket,
             Key=self._key,
             UploadId=self._upload_id,
             MultipartUpload={"Parts": sorted(self._parts, key=lambda part: part["PartNumber"])},
         )
+        self.version_id = response.get("VersionId")
 
     def abort(self) -> None:
         """Discard the upload; never raises, so the failure that caused the abort stays visible.
@@ -256,4 +270,6 @@ def stream_copy_to_s3(
         parts=upload.part_count,
         stream_seconds=streamed - started,
         finalize_seconds=time.monotonic() - streamed,
+        sha256=upload.sha256,
+        version_id=upload.version_id,
     )

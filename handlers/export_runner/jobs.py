@@ -104,13 +104,19 @@ def claim_job(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> bool:
 
 
 def complete_job(
-    conn: psycopg.Connection[Any], job_id: uuid.UUID, *, s3_key: str, url: str, expires_at: datetime
+    conn: psycopg.Connection[Any],
+    job_id: uuid.UUID,
+    *,
+    s3_key: str,
+    url: str,
+    expires_at: datetime,
+    manifest: dict[str, Any] | None = None,
 ) -> bool:
     cursor = conn.execute(
         "UPDATE compliance.export_jobs SET status = 'complete', s3_key = %s, presigned_url = %s,"
-        " presigned_url_expires_at = %s, completed_at = now(), job_error = NULL"
+        " presigned_url_expires_at = %s, completed_at = now(), job_error = NULL, manifest = %s"
         " WHERE job_id = %s AND status = 'running'",
-        (s3_key, url, expires_at, job_id),
+        (s3_key, url, expires_at, Jsonb(manifest) if manifest is not None else None, job_id),
     )
     return cursor.rowcount == 1
 

@@ -14,6 +14,19 @@ Order of effects and what a crash between them leaves:
    conditional fail wins and the runner's claim finds the job failed and skips it (the
    caller's "failed" stays true), or the runner's claim won and the fail matches nothing: then
    the job runs and the caller gets it back (running or complete), never a failure.
+
+Cross-tenant exports (tenant ALL_TENANTS):
+- who may request one: ``ExportRequest.cross_tenant`` must be True, which the caller sets only
+  for a principal it has authorised for cross-tenant compliance exports (the API layer: its
+  compliance-administrator permission; the operator CLI: the operator, who holds the database
+  login anyway), and the actor must be a ``user``: an agent or a system never exports every
+  tenant's audit log. Otherwise CROSS_TENANT_NOT_ALLOWED, and nothing is recorded.
+- the audit event goes into the sentinel chain (the job's own tenant) and, in the same
+  transaction, into the chain of every tenant with events in the export's scope at request
+  time (``compliance.tenants_in_export_scope``, migration 0007), with ``"scope": "ALL_TENANTS"``
+  in its payload, so each tenant's own log shows that its events were exported. A tenant whose
+  first event in the window is recorded between the request and the run (a window reaching
+  into the future) is read but not notified; the job's manifest lists every tenant read.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ RATE_WINDOW = timedelta(hours=1)
 MAX_ACTOR_ID_LENGTH = 256
 EXPORT_INITIATED = "data.export_initiated"
 AUDIT_SOURCE = "compliance-export"
+CROSS_TENANT_ACTOR_TYPE = "user"
 
 
 class ExportRequestError(Exception):
@@ -67,6 +81,8 @@ class ExportRequest:
     filter: Mapping[str, Any] | str
     format: str
     actor_type: str = "user"
+    # The caller's authorisation of a cross-tenant (ALL_TENANTS) export; see the module docstring.
+    cross_tenant: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,12 @@ def validate_request(request: ExportRequest) -> ValidRequest:
         raise ExportRequestError("INVALID_ACTOR_ID", "requested_by_actor_id contains a NUL character")
     if request.actor_type not in ACTOR_TYPES:
         raise ExportRequestError("INVALID_ACTOR_TYPE", f"actor_type must be one of {sorted(ACTOR_TYPES)}")
+    if tenant_id == ALL_TENANTS and not (request.cross_tenant and request.actor_type == CROSS_TENANT_ACTOR_TYPE):
+        raise ExportRequestError(
+            "CROSS_TENANT_NOT_ALLOWED",
+            "an ALL_TENANTS export needs a caller authorised for cross-tenant exports (cross_tenant) and a user "
+            "actor; agents and systems may not request one",
+        )
     try:
         export_format = parse_format(request.format)
         export_filter = parse_filter(request.filter, job_tenant_id=tenant_id)
@@ -108,6 +130,14 @@ def _tenant_id(value: str | uuid.UUID) -> uuid.UUID:
         raise ExportRequestError(
             "INVALID_TENANT_ID", f"tenant_id must be a UUID or ALL_TENANTS, got {value!r}"
         ) from exc
+
+
+def _tenants_in_scope(conn: psycopg.Connection[Any], flt: ExportFilter) -> list[uuid.UUID]:
+    rows = conn.execute(
+        "SELECT t FROM compliance.tenants_in_export_scope(%s, %s, %s, %s, %s) AS t",
+        (flt.since, flt.until, flt.tenant_id, flt.actor_type, flt.event_type),
+    ).fetchall()
+    return sorted(row[0] for row in rows)
 
 
 def create_export_job(
@@ -148,17 +178,29 @@ def create_export_job(
             filter=valid.filter.as_json(),
             export_format=valid.format.name,
         )
-        write_audit_event(
-            conn,
-            AuditEvent(
-                tenant_id=valid.tenant_id,
-                actor=valid.actor_id,
-                actor_type=valid.actor_type,
-                source=AUDIT_SOURCE,
-                event_type=EXPORT_INITIATED,
-                payload={"jobId": str(job_id), "format": valid.format.name, "filter": valid.filter.as_json()},
-            ),
-        )
+        payload: dict[str, Any] = {
+            "jobId": str(job_id),
+            "format": valid.format.name,
+            "filter": valid.filter.as_json(),
+        }
+        audited = [valid.tenant_id]
+        if valid.tenant_id == ALL_TENANTS:
+            payload["scope"] = "ALL_TENANTS"
+            audited.extend(_tenants_in_scope(conn, valid.filter))
+        # The sentinel first, then the tenants sorted: every cross-tenant producer takes the
+        # chain locks in one order.
+        for tenant in audited:
+            write_audit_event(
+                conn,
+                AuditEvent(
+                    tenant_id=tenant,
+                    actor=valid.actor_id,
+                    actor_type=valid.actor_type,
+                    source=AUDIT_SOURCE,
+                    event_type=EXPORT_INITIATED,
+                    payload=payload,
+                ),
+            )
     try:
         (sqs or client("sqs")).send_message(QueueUrl=queue_url, MessageBody=json.dumps({"jobId": str(job_id)}))
     except (BotoCoreError, ClientError) as exc:

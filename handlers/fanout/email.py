@@ -48,6 +48,19 @@ Windows:
   marker stays, so only a redelivery of this record after the lease could re-send -- the
   residual window, logged (FANOUT_EMAIL_CONFIRM_FAILED).
 
+Deadline (``handlers.fanout.deadline``): SendEmail runs on this dispatcher's own client with
+one attempt per call (``SES_CLIENT_CONFIG``: 2 s connect, 5 s read); the retries of a refused
+send (throttle, 5xx, no connection: nothing was sent) are ours, ``SEND_ATTEMPTS`` in all, each
+started only when a whole call plus the confirm still fits (``SEND_BUDGET_SECONDS``), with the
+backoff pause counted too. botocore's own retries would also have re-sent after a read timeout
+-- an unknown outcome, i.e. a possible duplicate mail -- and could not be bounded. So:
+- not enough time before the claim: nothing is written; the record fails and is redelivered;
+- the wait for a live claim ends early enough to leave a send's budget;
+- not enough time for the next attempt after a refused one: the claim is released (nothing
+  was sent) and the record fails retryably;
+- the confirm's retry pauses are skipped when they no longer fit (the record still succeeds:
+  the FANOUT_EMAIL_CONFIRM_FAILED window below).
+
 What SES can and cannot guarantee: SendEmail has no idempotency key, and a call that timed
 out may still have sent the mail. A mail whose send outcome is unknown (no answer from SES, a
 crash between the send and the confirm, a confirm that never landed) is therefore sent again
@@ -56,10 +69,13 @@ after the lease: possibly twice, never lost. Everything else is exactly once.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -69,7 +85,6 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from handlers.common.aws import client
 from handlers.common.claims import (
     Acquire,
     Claim,
@@ -79,7 +94,9 @@ from handlers.common.claims import (
     ClaimRecord,
     ClaimStore,
     ClaimTargetMissingError,
+    WriteResult,
 )
+from handlers.fanout.deadline import NO_DEADLINE, Deadline, DeadlineExceededError
 from handlers.fanout.model import Outcome, RetryableError, TaskEvent
 from handlers.fanout.router import TaskNotFoundError
 from handlers.fanout.routing import EMAIL, TASK_COMPLETED, TASK_FAILED, email_recipients
@@ -91,7 +108,19 @@ from handlers.fanout.task_row import (
 
 logger = child_logger()
 
-# Longer than one SES call can take with boto3's retries (3 attempts x 10 s read timeout),
+# SendEmail: one attempt per call, so that the retries are ours and bounded by the deadline.
+SES_CLIENT_CONFIG = Config(
+    retries={"total_max_attempts": 1, "mode": "standard"},
+    connect_timeout=2,
+    read_timeout=5,
+    tcp_keepalive=True,
+    max_pool_connections=64,
+)
+SEND_ATTEMPTS = 3
+SEND_RETRY_PAUSE_SECONDS = 0.2  # before attempt n: n x this
+CONFIRM_RESERVE_SECONDS = 0.5  # the confirm write after SES accepted the mail
+SEND_BUDGET_SECONDS = 2 + 5 + CONFIRM_RESERVE_SECONDS  # connect + read timeout + the confirm
+# Longer than our SES attempts can take (3 x (2 s connect + 5 s read) + pauses),
 # short enough that Lambda's bounded stream retries reach a re-claim after a crash.
 CLAIM_LEASE_MS = 45_000
 # How long a record waits for another attempt's live claim before failing retryably (bounded:
@@ -188,8 +217,17 @@ class EmailDispatcher:
         self._sender = sender
         self._claims = claim_store or ClaimStore()
         self._claim_wait_s = claim_wait_seconds
+        self._ses: Any = None
+        self._ses_lock = threading.Lock()
 
-    def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
+    def _ses_client(self) -> Any:
+        """This container's SendEmail client (created on first use; endpoint from the environment)."""
+        with self._ses_lock:
+            if self._ses is None:
+                self._ses = boto3.session.Session().client("sesv2", config=SES_CLIENT_CONFIG)
+            return self._ses
+
+    def dispatch(self, event: TaskEvent, task: Mapping[str, Any], deadline: Deadline = NO_DEADLINE) -> Outcome:
         if event.event_type not in RENDERERS:
             return Outcome.SKIPPED
         recipients = email_recipients(task.get("notifications"))
@@ -200,42 +238,64 @@ class EmailDispatcher:
         if seen is not None and seen.is_terminal:
             return Outcome.SKIPPED  # fast path; the claim below is the authoritative check
 
+        deadline.require(SEND_BUDGET_SECONDS, "sending the email")  # before the claim: nothing written yet
         ensure_channel_metadata(self._task_table, task)
-        claim = self._claim(event, name, seen)
+        claim = self._claim(event, name, seen, deadline)
         if claim is None:
             return Outcome.SKIPPED
         subject, text = RENDERERS[event.event_type](event, task)
-        try:
-            response = client("sesv2").send_email(
-                FromEmailAddress=self._sender,
-                Destination={"ToAddresses": recipients},
-                Content={
-                    "Simple": {
-                        "Subject": {"Data": subject, "Charset": "UTF-8"},
-                        "Body": {"Text": {"Data": text, "Charset": "UTF-8"}},
-                    }
-                },
-            )
-        except ClientError as exc:
-            return self._after_error_response(event, claim, exc)
-        except (ReadTimeoutError, ConnectionClosedError) as exc:
-            # Unknown whether SES sent it: the pending claim stays, its lease decides (see above).
-            raise RetryableError(f"SES send for event {event.event_id} got no answer: {exc}") from exc
-        except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            self._release(claim)  # never connected: nothing was sent
-            raise RetryableError(f"SES could not be reached for event {event.event_id}: {exc}") from exc
-        except BotoCoreError:
-            self._release(claim)  # failed before the request left (credentials...)
-            raise
-        self._confirm(claim, str(response.get("MessageId", "")))
-        return Outcome.DELIVERED
+        request = {
+            "FromEmailAddress": self._sender,
+            "Destination": {"ToAddresses": recipients},
+            "Content": {
+                "Simple": {
+                    "Subject": {"Data": subject, "Charset": "UTF-8"},
+                    "Body": {"Text": {"Data": text, "Charset": "UTF-8"}},
+                }
+            },
+        }
+        refused: RetryableError | None = None
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                if attempt:
+                    deadline.sleep(
+                        SEND_RETRY_PAUSE_SECONDS * attempt, "retrying SendEmail", reserve=SEND_BUDGET_SECONDS
+                    )
+                else:
+                    deadline.require(SEND_BUDGET_SECONDS, "sending the email")
+            except DeadlineExceededError:
+                self._release(claim)  # nothing was sent (or every earlier attempt was refused)
+                raise
+            try:
+                response = self._ses_client().send_email(**request)
+            except ClientError as exc:
+                refused = self._after_error_response(event, claim, exc)
+                if refused is None:
+                    return Outcome.TERMINAL_FAILURE
+                continue
+            except (ReadTimeoutError, ConnectionClosedError) as exc:
+                # Unknown whether SES sent it: the pending claim stays, its lease decides (see above).
+                raise RetryableError(f"SES send for event {event.event_id} got no answer: {exc}") from exc
+            except (EndpointConnectionError, ConnectTimeoutError) as exc:
+                # never connected: nothing was sent
+                refused = RetryableError(f"SES could not be reached for event {event.event_id}: {exc}")
+                continue
+            except BotoCoreError:
+                self._release(claim)  # failed before the request left (credentials...)
+                raise
+            self._confirm(claim, str(response.get("MessageId", "")), deadline)
+            return Outcome.DELIVERED
+        self._release(claim)  # SES refused every attempt: nothing was sent
+        assert refused is not None
+        raise refused
 
     # -- claim protocol ---------------------------------------------------------------------
 
-    def _claim(self, event: TaskEvent, name: str, seen: ClaimRecord | None) -> Claim | None:
+    def _claim(self, event: TaskEvent, name: str, seen: ClaimRecord | None, invocation: Deadline) -> Claim | None:
         """Our claim on the mail; None when it is already settled (sent/rejected)."""
         location = ClaimLocation(self._task_table, {"task_id": {"S": event.task_id}}, ("channel_metadata", name))
-        deadline = time.monotonic() + self._claim_wait_s
+        # The wait ends in time to leave a send's budget before the invocation deadline.
+        deadline = invocation.until(self._claim_wait_s, reserve=SEND_BUDGET_SECONDS)
         while True:
             try:
                 result = self._claims.acquire(
@@ -267,18 +327,22 @@ class EmailDispatcher:
             except (ClientError, BotoCoreError) as exc:
                 raise RetryableError(f"reading the email claim of event {event.event_id} failed: {exc}") from exc
 
-    def _confirm(self, claim: Claim, message_id: str) -> None:
+    def _confirm(self, claim: Claim, message_id: str, deadline: Deadline) -> None:
         error: Exception | None = None
+        result: WriteResult | None = None
         for attempt in range(CONFIRM_ATTEMPTS):
             if attempt:
-                time.sleep(CONFIRM_RETRY_PAUSE_SECONDS * attempt)
+                pause = CONFIRM_RETRY_PAUSE_SECONDS * attempt
+                if not deadline.allows(pause + CONFIRM_RESERVE_SECONDS):
+                    break  # no time for another attempt: the record succeeds, the marker stays pending
+                time.sleep(pause)
             try:
                 # Safe to repeat: a retry whose first attempt landed is recognised (same token).
                 result = self._claims.confirm(claim, state=SENT, attributes={"message_id": message_id})
                 break
             except (ClientError, BotoCoreError) as exc:
                 error = exc
-        else:
+        if result is None:
             # The mail is out. Failing the record now would only make a retry wait out the lease
             # and send it again, so the record succeeds; the pending marker is left behind.
             logger.error(
@@ -318,17 +382,21 @@ class EmailDispatcher:
                 extra={"channel": EMAIL, "error": str(exc)},
             )
 
-    def _after_error_response(self, event: TaskEvent, claim: Claim, exc: ClientError) -> Outcome:
+    def _after_error_response(self, event: TaskEvent, claim: Claim, exc: ClientError) -> RetryableError | None:
+        """What SES's error answer means: a refusal to retry (returned; the claim stays ours for the
+        next attempt), or a rejection (recorded: None means TERMINAL_FAILURE). Deployment errors raise."""
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in THROTTLING_CODES or status >= 500 or status == 429:
-            self._release(claim)  # SES refused: nothing was sent
+            # SES refused: nothing was sent. The caller retries, or releases the claim and raises this.
             retry_after = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
-            raise RetryableError(
+            refused = RetryableError(
                 f"SES throttled or failed ({code or status}) for event {event.event_id}",
                 retry_after_seconds=_seconds(retry_after),
-            ) from exc
+            )
+            refused.__cause__ = exc
+            return refused
         if code in DEPLOYMENT_CODES:
             self._release(claim)
             raise exc
@@ -343,7 +411,7 @@ class EmailDispatcher:
                 "known_rejection": code in REJECTION_CODES,
             },
         )
-        return Outcome.TERMINAL_FAILURE
+        return None
 
 
 def _seconds(raw: object) -> float | None:

@@ -66,6 +66,13 @@ Idempotency windows of the comment itself (a redelivery re-runs everything):
   created and fails retryably, so its redelivery edits the winner's comment.
 - crash after an *edit*: the retry edits again with the same body -- harmless.
 
+Deadline: every GitHub request starts only when ``MIN_REQUEST_SECONDS`` of the invocation are
+left, and its timeout is cut to what is left; the listing stops between pages. A request that
+does not fit raises ``DeadlineExceededError`` (retryable) before it is sent -- before the
+forward claim (nothing written), while listing (nothing created: the redelivery lists again),
+or between the claim and the edit (the first window above: the redelivery edits). A create
+cut off by its shortened timeout is the first idempotency window below (the retry adopts it).
+
 Tokens: the repo table's ``github_token_secret_arn`` for the task's repo when present, else the
 stack-wide secret. A repo secret is used only when its ARN starts with the configured
 ``repo_secret_arn_prefix`` (the construct's ``github_repo_secret_prefix``: exactly what the role
@@ -73,7 +80,8 @@ may read, in this account and region) or is the stack-wide secret itself; any ot
 all when no prefix is configured -- is refused before it is read: ``TERMINAL_FAILURE`` for this
 channel with an error line naming the repo and the secret (``FANOUT_GITHUB_REPO_SECRET_REFUSED``),
 because every retry would meet AccessDenied and end in the DLQ. SecretString is the token itself
-or JSON with a ``token`` field. Tokens are cached per container per secret; repo rows for
+or JSON with a ``token`` or ``bot_token`` field (``secret_format``, the same as Slack's). Tokens are
+cached per container per secret; repo rows for
 ``REPO_ROW_TTL_SECONDS``. Each is read by one worker at a time, so a cold container whose batch
 starts many tasks at once reads a secret (and a repo row) once, not once per task; after a 401
 only the token that failed is dropped.
@@ -97,6 +105,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from handlers.common.aws import client
+from handlers.fanout.deadline import NO_DEADLINE, Deadline
 from handlers.fanout.model import (
     MalformedRecordError,
     Outcome,
@@ -112,6 +121,7 @@ from handlers.fanout.routing import (
     TASK_FAILED,
     TASK_STRANDED,
 )
+from handlers.fanout.secret_format import token_from_secret
 from handlers.fanout.settings import child_logger
 from handlers.fanout.task_row import (
     channel_metadata,
@@ -128,6 +138,7 @@ SEQUENCE_WIDTH = 40  # DynamoDB Streams sequence numbers are 21 to 40 digits
 REPO_SECRET_REFUSED = "FANOUT_GITHUB_REPO_SECRET_REFUSED"
 REQUEST_TIMEOUT_SECONDS = 8.0
 REPO_ROW_TTL_SECONDS = 300.0
+MIN_REQUEST_SECONDS = 1.0  # a request is not started with less of the invocation left
 MAX_LIST_PAGES = 20  # 2,000 comments: beyond that we stop looking for our marker and create
 API_VERSION = "2022-11-28"
 USER_AGENT = "bgagent-fanout"
@@ -226,7 +237,13 @@ class GitHubClient:
         self._timeout = timeout
 
     def request(
-        self, method: str, path_or_url: str, token: str, body: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path_or_url: str,
+        token: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> GitHubResponse:
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self._api_url + path_or_url
         data = json.dumps(body).encode() if body is not None else None
@@ -243,7 +260,7 @@ class GitHubClient:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=self._timeout if timeout is None else timeout) as response:
                 raw = response.read()
                 return GitHubResponse(response.status, json.loads(raw) if raw else None, dict(response.headers))
         except urllib.error.HTTPError as exc:
@@ -344,7 +361,7 @@ class GitHubDispatcher:
         self._lock = threading.Lock()  # guards the two caches and the map of fetch locks
         self._fetch_locks: dict[str, threading.Lock] = {}
 
-    def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
+    def dispatch(self, event: TaskEvent, task: Mapping[str, Any], deadline: Deadline = NO_DEADLINE) -> Outcome:
         if event.event_type not in RENDERERS:
             return Outcome.SKIPPED
         target = _target(task)
@@ -365,10 +382,11 @@ class GitHubDispatcher:
                 },
             )
             return Outcome.TERMINAL_FAILURE
+        deadline.require(MIN_REQUEST_SECONDS, "the GitHub comment")  # before the claim: nothing written yet
         if not self._claim_forward_move(event, task):
             return Outcome.SKIPPED
         try:
-            return self._with_token(secret_arn, lambda token: self._upsert_comment(token, target, task, body))
+            return self._with_token(secret_arn, lambda token: self._upsert_comment(token, target, task, body, deadline))
         except _TerminalGitHubError as exc:
             logger.error(
                 "GitHub rejected the comment; not retrying",
@@ -422,11 +440,13 @@ class GitHubDispatcher:
 
     # -- the comment ------------------------------------------------------------------------
 
-    def _upsert_comment(self, token: str, target: _Target, task: Mapping[str, Any], body: str) -> Outcome:
+    def _upsert_comment(
+        self, token: str, target: _Target, task: Mapping[str, Any], body: str, deadline: Deadline
+    ) -> Outcome:
         stored_id = _comment_id(channel_metadata(task).get(COMMENT_ID_FIELD))
         if stored_id is not None:
             try:
-                self._call(token, "PATCH", target.comment_path(stored_id), {"body": body})
+                self._call(token, "PATCH", target.comment_path(stored_id), {"body": body}, deadline)
                 return Outcome.DELIVERED
             except GitHubHttpError as exc:
                 if exc.status != 404:
@@ -440,23 +460,23 @@ class GitHubDispatcher:
                     },
                 )
 
-        adopted = self._find_marked_comment(token, target, str(task["task_id"]))
+        adopted = self._find_marked_comment(token, target, str(task["task_id"]), deadline)
         if adopted is not None:
-            self._call_classified(token, "PATCH", target.comment_path(adopted), {"body": body})
+            self._call_classified(token, "PATCH", target.comment_path(adopted), {"body": body}, deadline)
             new_id, created = adopted, False
         else:
-            response = self._call_classified(token, "POST", target.comments_path, {"body": body})
+            response = self._call_classified(token, "POST", target.comments_path, {"body": body}, deadline)
             new_id, created = int(response.body["id"]), True
-        self._save_comment_id(token, target, task, new_id, previous_id=stored_id, created=created)
+        self._save_comment_id(token, target, task, new_id, previous_id=stored_id, created=created, deadline=deadline)
         return Outcome.DELIVERED
 
-    def _find_marked_comment(self, token: str, target: _Target, task_id: str) -> int | None:
+    def _find_marked_comment(self, token: str, target: _Target, task_id: str, deadline: Deadline) -> int | None:
         wanted = marker(task_id)
         url: str | None = f"{target.comments_path}?per_page=100"
         for _ in range(MAX_LIST_PAGES):
             if url is None:
                 return None
-            response = self._call_classified(token, "GET", url, None)
+            response = self._call_classified(token, "GET", url, None, deadline)
             for comment in response.body or []:
                 if isinstance(comment, dict) and wanted in str(comment.get("body", "")):
                     return int(comment["id"])
@@ -482,6 +502,7 @@ class GitHubDispatcher:
         *,
         previous_id: int | None,
         created: bool,
+        deadline: Deadline,
     ) -> None:
         ensure_channel_metadata(self._task_table, task)
         if previous_id is None:
@@ -507,16 +528,16 @@ class GitHubDispatcher:
             # gone). Ours is the duplicate: remove it if we created it; a redelivery then edits
             # the stored one.
             if created:
-                self._delete_quietly(token, target, new_id)
+                self._delete_quietly(token, target, new_id, deadline)
             if not exc.response.get("Item"):
                 raise TaskNotFoundError(f"task {task['task_id']} disappeared while its comment was saved") from exc
             raise RetryableError(
                 f"comment id of task {task['task_id']} changed concurrently; redelivery will edit the stored one"
             ) from exc
 
-    def _delete_quietly(self, token: str, target: _Target, comment_id: int) -> None:
+    def _delete_quietly(self, token: str, target: _Target, comment_id: int, deadline: Deadline) -> None:
         try:
-            self._call(token, "DELETE", target.comment_path(comment_id), None)
+            self._call(token, "DELETE", target.comment_path(comment_id), None, deadline)
         except (GitHubHttpError, RetryableError) as exc:
             if isinstance(exc, GitHubHttpError) and exc.status == 404:
                 return
@@ -533,17 +554,22 @@ class GitHubDispatcher:
 
     # -- HTTP classification ----------------------------------------------------------------
 
-    def _call(self, token: str, method: str, path: str, body: Mapping[str, Any] | None) -> GitHubResponse:
+    def _call(
+        self, token: str, method: str, path: str, body: Mapping[str, Any] | None, deadline: Deadline
+    ) -> GitHubResponse:
+        deadline.require(MIN_REQUEST_SECONDS, f"GitHub {method} {path.split('?', 1)[0]}")
         try:
-            return self._api.request(method, path, token, body)
+            return self._api.request(method, path, token, body, timeout=deadline.cap(REQUEST_TIMEOUT_SECONDS))
         except GitHubHttpError as exc:
             if exc.status == 401:
                 raise _Unauthorized(str(exc)) from exc
             raise
 
-    def _call_classified(self, token: str, method: str, path: str, body: Mapping[str, Any] | None) -> GitHubResponse:
+    def _call_classified(
+        self, token: str, method: str, path: str, body: Mapping[str, Any] | None, deadline: Deadline
+    ) -> GitHubResponse:
         try:
-            return self._call(token, method, path, body)
+            return self._call(token, method, path, body, deadline)
         except GitHubHttpError as exc:
             raise self._classify(exc) from exc
 
@@ -581,7 +607,7 @@ class GitHubDispatcher:
                 cached = self._tokens.get(secret_arn)
             if cached:
                 return cached
-            secret = client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+            secret = client("secretsmanager").get_secret_value(SecretId=secret_arn).get("SecretString")
             token = _token_from_secret(secret, secret_arn)
             with self._lock:
                 self._tokens[secret_arn] = token
@@ -632,19 +658,11 @@ class GitHubDispatcher:
             return self._fetch_locks.setdefault(key, threading.Lock())
 
 
-def _token_from_secret(secret: str, secret_arn: str) -> str:
-    text = secret.strip()
-    if text.startswith("{"):
-        try:
-            token = json.loads(text).get("token")
-        except (ValueError, AttributeError) as exc:
-            raise MalformedRecordError(f"GitHub token secret {secret_arn} is not valid JSON") from exc
-        if not isinstance(token, str) or not token:
-            raise MalformedRecordError(f"GitHub token secret {secret_arn} has no 'token' field")
-        return token
-    if not text:
-        raise MalformedRecordError(f"GitHub token secret {secret_arn} is empty")
-    return text
+def _token_from_secret(secret: str | None, secret_arn: str) -> str:
+    try:
+        return token_from_secret(secret)
+    except ValueError as exc:
+        raise MalformedRecordError(f"GitHub token secret {secret_arn}: {exc}") from None
 
 
 def _target(task: Mapping[str, Any]) -> _Target | None:

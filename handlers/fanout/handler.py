@@ -1,6 +1,9 @@
 """FanOutConsumer Lambda: the one reader of the task-events stream.
 
 Per record: parse -> read the task row (consistent GetItem) -> route to the channels -> report.
+The invocation deadline (``deadline.Deadline``, from the Lambda context) goes down to every
+channel: a record that cannot start in time is reported without running, and a record whose
+next step would not fit stops where its channel's claims let a redelivery continue.
 Records of one task run in stream order, tasks run concurrently (``OrderedStreamProcessor``);
 failures are reported by SequenceNumber. See router.py for the failure classes.
 """
@@ -17,6 +20,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from handlers.common.observability import observability
 from handlers.common.stream_batch import OrderedStreamProcessor
+from handlers.fanout.deadline import NO_DEADLINE, RECORD_START_SECONDS, Deadline, DeadlineExceededError
 from handlers.fanout.email import EmailDispatcher
 from handlers.fanout.github import GitHubDispatcher
 from handlers.fanout.model import ChannelDispatcher, MalformedRecordError
@@ -70,20 +74,32 @@ processor = OrderedStreamProcessor(
 )
 
 
-def handle_record(record: DynamoDBRecord, budget: TaskEventBudget) -> None:
+def handle_record(record: DynamoDBRecord, budget: TaskEventBudget, deadline: Deadline = NO_DEADLINE) -> None:
     logger.thread_safe_clear_keys()
     logger.thread_safe_append_keys(sequence_number=record.dynamodb.sequence_number if record.dynamodb else None)
+    try:
+        deadline.require(RECORD_START_SECONDS, "starting the record")
+    except DeadlineExceededError:
+        logger.warning("Too little of the invocation is left to start this record; reported for redelivery")
+        router.count("record_deadline_not_started")
+        raise
     try:
         event = parse_record(record)
         if event is None:
             router.count("record_ignored_remove")  # deleting an event is not a notification
             return
         logger.thread_safe_append_keys(task_id=event.task_id, event_id=event.event_id, event_type=event.event_type)
-        router.deliver(event, load_task(settings.task_table_name, event.task_id), budget)
+        router.deliver(event, load_task(settings.task_table_name, event.task_id), budget, deadline)
     except MalformedRecordError as exc:  # bad record, unknown task, malformed notification settings
         logger.error("Malformed input; reporting the record as failed", extra={"reason": str(exc)})
         router.count("record_malformed")
         raise
+
+
+def process(event: dict[str, Any], deadline: Deadline = NO_DEADLINE) -> dict[str, Any]:
+    """One batch through the ordered processor: the handler's logic, also used by the redrive command."""
+    record_handler = functools.partial(handle_record, budget=TaskEventBudget(), deadline=deadline)
+    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor))
 
 
 # The correlation id is the first record's eventID: a redelivery of the same batch logs the same id.
@@ -91,7 +107,4 @@ def handle_record(record: DynamoDBRecord, budget: TaskEventBudget) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    record_handler = functools.partial(handle_record, budget=TaskEventBudget())
-    return dict(
-        process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
-    )
+    return process(event, Deadline.from_context(context))

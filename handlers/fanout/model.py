@@ -15,7 +15,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from handlers.fanout.deadline import Deadline
 
 Scalar = str | int | float | bool | None
 
@@ -51,4 +54,6 @@ class TaskEvent:
 class ChannelDispatcher(Protocol):
     channel: str
 
-    def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome: ...
+    def dispatch(self, event: TaskEvent, task: Mapping[str, Any], deadline: Deadline = ...) -> Outcome:
+        """``deadline`` bounds every wait, retry and outside call (``handlers.fanout.deadline``)."""
+        ...

@@ -34,6 +34,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 
 from handlers.common.observability import add_count
+from handlers.fanout.deadline import NO_DEADLINE, Deadline, DeadlineExceededError
 from handlers.fanout.model import (
     ChannelDispatcher,
     MalformedRecordError,
@@ -78,8 +79,17 @@ class Router:
     def channels(self) -> tuple[str, ...]:
         return tuple(self._dispatchers)
 
-    def deliver(self, event: TaskEvent, task: Mapping[str, Any] | None, budget: TaskEventBudget) -> dict[str, Outcome]:
-        """Dispatch ``event`` to its channels; raises ``ChannelDeliveryError`` if any channel failed."""
+    def deliver(
+        self,
+        event: TaskEvent,
+        task: Mapping[str, Any] | None,
+        budget: TaskEventBudget,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> dict[str, Outcome]:
+        """Dispatch ``event`` to its channels; raises ``ChannelDeliveryError`` if any channel failed.
+
+        Once a channel stopped on the invocation deadline, the later channels are not started
+        (they are reported with it: the redelivery runs them)."""
         if task is None:
             self._count("task_not_found")
             raise TaskNotFoundError(f"task {event.task_id} referenced by event {event.event_id} has no task row")
@@ -105,8 +115,14 @@ class Router:
         outcomes: dict[str, Outcome] = {}
         failed: dict[str, BaseException] = {}
         for channel in targets:
+            if any(isinstance(exc, DeadlineExceededError) for exc in failed.values()):
+                failed[channel] = DeadlineExceededError(
+                    f"not started: an earlier channel of event {event.event_id} ran out of time"
+                )
+                self._count(f"{channel}_deadline_not_started")
+                continue
             try:
-                outcome = self._dispatchers[channel].dispatch(event, task)
+                outcome = self._dispatchers[channel].dispatch(event, task, deadline)
             except RetryableError as exc:
                 failed[channel] = exc
                 self._logger.warning(

@@ -5,7 +5,8 @@ can render; everything else is SKIPPED. Messages thread under ``slack_thread_ts`
 @mention that started the task); without one, the task_created message is posted at top level
 and becomes the thread root. DM channels (id ``D...``) are posted to the user id when it is
 known. Link unfurling is off. The bot token of team T is read from the secret
-``<prefix>T`` (SecretString: the token, or JSON ``{"bot_token": ...}``), cached per container.
+``<prefix>T`` (SecretString: the token, or JSON ``{"token": ...}`` / ``{"bot_token": ...}``, see
+``secret_format``), cached per container.
 
 Error classes (see ``SlackFailure``):
 - the terminal Slack codes in ``TERMINAL_SLACK_ERRORS`` -> logged + metric, TERMINAL_FAILURE;
@@ -94,6 +95,17 @@ Crash windows (the container dies; Lambda redelivers the record):
   and otherwise leaves it and logs FANOUT_SLACK_LEASE_OVERRUN (a possible duplicate beats a
   possible loss).
 
+Deadline (``handlers.fanout.deadline``): every Slack call starts only when its HTTP timeout
+still fits in the invocation (the post: timeout + margin, checked before the claim too, so a
+record without time writes nothing), and the wait for a live claim ends early enough to leave
+a post's budget. A step that does not fit stops the record (``DeadlineExceededError``,
+retryable) where the protocol above already copes: before the claim (nothing written); after
+the claim, before the post (the lease is ended at once: nothing was posted); during a
+takeover's lookup, or after the post -- before a reaction, the cleanup or the confirm -- the
+lease is cut to the short grace, so the redelivery takes over, finds the message by its
+metadata and finishes the reactions, cleanup and confirm (the lookup's residual window above
+applies).
+
 Reactions track the task state on the root message (eyes -> hourglass_flowing_sand ->
 white_check_mark / x / no_entry_sign / hourglass / x). A takeover that adopts an earlier
 attempt's message shows the state of the event that posted it (named in the message metadata,
@@ -110,10 +122,8 @@ The same holds for deleting the intermediate messages of a terminal event
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +151,7 @@ from handlers.common.claims import (
 )
 from handlers.common.config import ConfigurationError
 from handlers.common.observability import METRICS_NAMESPACE, add_count
+from handlers.fanout.deadline import NO_DEADLINE, Deadline, DeadlineExceededError
 from handlers.fanout.model import MalformedRecordError, Outcome, RetryableError, TaskEvent
 from handlers.fanout.routing import (
     AGENT_ERROR,
@@ -154,6 +165,7 @@ from handlers.fanout.routing import (
     TASK_TIMED_OUT,
     TERMINAL_EVENTS,
 )
+from handlers.fanout.secret_format import token_from_secret
 from handlers.fanout.slack_blocks import RENDERABLE_EVENTS, SlackMessage, render
 from handlers.fanout.task_row import deserialize_item
 
@@ -251,6 +263,10 @@ class SlackConfigurationError(Exception):
 
 class SlackRetryableError(RetryableError):
     """A transient Slack failure after which our claim was already released or expired."""
+
+
+class SlackDeadlineError(SlackRetryableError, DeadlineExceededError):
+    """No time left to post; the claim was already ended (nothing was posted)."""
 
 
 @dataclass(frozen=True)
@@ -386,7 +402,7 @@ class SlackDispatcher:
 
     # -- entry point -------------------------------------------------------------------------
 
-    def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
+    def dispatch(self, event: TaskEvent, task: Mapping[str, Any], deadline: Deadline = NO_DEADLINE) -> Outcome:
         if task.get("channel_source") != SLACK:
             return Outcome.SKIPPED
         if event.event_type not in RENDERABLE_EVENTS:
@@ -398,6 +414,7 @@ class SlackDispatcher:
         if marker in known and _marker_state(known[marker]) == POSTED:
             return _already_posted(event, marker)
         message = render(event, task)
+        deadline.require(self._post_budget_ms / 1000, "posting to Slack")  # before the claim: nothing written
         team = self._team_clients(target.team_id)  # before claiming: a broken secret leaves no claim behind
         # The created message's ts is the thread root of a task without slack_thread_ts; the
         # claim fetches the row when the record-start read does not show that ts yet.
@@ -406,11 +423,11 @@ class SlackDispatcher:
             and event.event_type != TASK_CREATED
             and _posted_ts(known.get(CREATED_MARKER)) is None
         )
-        claim = self._claim(event, marker, known, return_row=needs_created_ts)
+        claim = self._claim(event, marker, known, return_row=needs_created_ts, deadline=deadline)
         if isinstance(claim, Outcome):
             return claim
         try:
-            return self._deliver(event, target, team, message, claim)
+            return self._deliver(event, target, team, message, claim, deadline)
         except SlackRetryableError:
             raise  # the claim was already released or expired where the failure was classified
         except Exception:
@@ -420,14 +437,20 @@ class SlackDispatcher:
             raise
 
     def _deliver(
-        self, event: TaskEvent, target: SlackTarget, team: _TeamClients, message: SlackMessage, claim: Claim
+        self,
+        event: TaskEvent,
+        target: SlackTarget,
+        team: _TeamClients,
+        message: SlackMessage,
+        claim: Claim,
+        deadline: Deadline,
     ) -> Outcome:
         thread_ts = target.thread_ts
         if thread_ts is None and event.event_type != TASK_CREATED:
             thread_ts = _posted_ts(claim.channel_metadata.get(CREATED_MARKER))
-        posted = self._find_earlier_post(event, target, team, thread_ts, claim) if claim.takeover else None
+        posted = self._find_earlier_post(event, target, team, thread_ts, claim, deadline) if claim.takeover else None
         if posted is None:
-            result = self._post(event, target, team, message, thread_ts, claim)
+            result = self._post(event, target, team, message, thread_ts, claim, deadline)
             if isinstance(result, Outcome):
                 return result
             posted = result
@@ -436,9 +459,9 @@ class SlackDispatcher:
             # An adopted message may be another event's (a terminal marker is shared: "timed out"
             # posted, then the attempt crashed, and task_failed took the marker over): the root
             # shows the state of the message that owns the marker, as in ``_lost_confirm``.
-            self._update_reactions(event, posted.owner_event_type or event.event_type, team, root)
+            self._update_reactions(event, posted.owner_event_type or event.event_type, team, root, deadline)
         if event.event_type in SLACK_TERMINAL_EVENTS:
-            self._delete_intermediate_messages(event, team, claim, root)
+            self._delete_intermediate_messages(event, team, claim, root, deadline)
         return self._confirm(event, team, claim, posted, root)
 
     # -- tokens ------------------------------------------------------------------------------
@@ -501,7 +524,9 @@ class SlackDispatcher:
 
     # -- marker: claim, confirm, release ---------------------------------------------------
 
-    def _claim(self, event: TaskEvent, marker: str, known: Mapping[str, Any], *, return_row: bool) -> Claim | Outcome:
+    def _claim(
+        self, event: TaskEvent, marker: str, known: Mapping[str, Any], *, return_row: bool, deadline: Deadline
+    ) -> Claim | Outcome:
         """Own ``marker`` for this attempt, or learn that the message was already posted.
 
         ``known`` is ``channel_metadata`` as read at the start of the record: the claim's first
@@ -514,7 +539,8 @@ class SlackDispatcher:
         end in the on-failure destination.
         """
         location = self._location(event.task_id, marker)
-        deadline = time.monotonic() + self._claim_wait_s
+        # Waiting ends in time to leave a post's budget before the invocation deadline.
+        wait_until = deadline.until(self._claim_wait_s, reserve=self._post_budget_ms / 1000)
         seen = ClaimRecord.parse(known.get(marker))
         while True:
             try:
@@ -538,7 +564,7 @@ class SlackDispatcher:
                 return Claim(result.claim, marker, known)
             if result.status is Acquire.SETTLED:
                 return _already_posted(event, marker)
-            seen = self._wait_while_held(event, location, result.current, deadline)
+            seen = self._wait_while_held(event, location, result.current, wait_until)
 
     def _wait_while_held(
         self, event: TaskEvent, location: ClaimLocation, held: ClaimRecord | None, deadline: float
@@ -666,7 +692,11 @@ class SlackDispatcher:
         message: SlackMessage,
         thread_ts: str | None,
         claim: Claim,
+        deadline: Deadline,
     ) -> _Posted | Outcome:
+        if not deadline.allows(self._post_budget_ms / 1000):
+            self._expire(event.task_id, claim, grace_ms=0)  # nothing posted; the next attempt still looks first
+            raise SlackDeadlineError(f"too little of the invocation left to post for task {event.task_id}")
         if claim.lease_until_ms - self._claims.now_ms() < self._post_budget_ms:
             # A post started now could still be running when another attempt takes over.
             # Nothing was posted by us; the lease is ended (not released) so that the next
@@ -725,10 +755,17 @@ class SlackDispatcher:
         return _Posted(channel=str(response["channel"]), ts=str(response["ts"]))
 
     def _find_earlier_post(
-        self, event: TaskEvent, target: SlackTarget, team: _TeamClients, thread_ts: str | None, claim: Claim
+        self,
+        event: TaskEvent,
+        target: SlackTarget,
+        team: _TeamClients,
+        thread_ts: str | None,
+        claim: Claim,
+        deadline: Deadline,
     ) -> _Posted | None:
         """The message an earlier attempt posted for this marker, recognised by its metadata."""
         oldest = f"{(claim.first_claimed_at_ms - LOOKUP_CLOCK_SKEW_MS) / 1000:.6f}"
+        deadline.require(self._http_timeout, "the Slack lookup")
         try:
             if thread_ts is not None:
                 response = team.helper.conversations_replies(
@@ -763,6 +800,9 @@ class SlackDispatcher:
                         )
                 if page_number >= LOOKUP_MAX_PAGES:
                     break
+                if (page.get("response_metadata") or {}).get("next_cursor"):
+                    # Not finding the message for lack of time would post it twice: stop instead.
+                    deadline.require(self._http_timeout, "the next page of the Slack lookup")
             return None
         except Exception as exc:
             failure = SlackFailure.of(exc)
@@ -802,13 +842,17 @@ class SlackDispatcher:
         ts = _posted_ts(created)
         return _Posted(channel=str(created["channel"]), ts=ts) if ts is not None and created is not None else None
 
-    def _update_reactions(self, event: TaskEvent, state: str, team: _TeamClients, root: _Posted) -> None:
+    def _update_reactions(
+        self, event: TaskEvent, state: str, team: _TeamClients, root: _Posted, deadline: Deadline
+    ) -> None:
         """Show the state ``state`` (an event type) on the root message."""
         name = STATE_REACTIONS.get(state)
         if name is None:
             return
+        deadline.require(self._http_timeout, "a Slack reaction")
         self._react(team.helper.reactions_add, root, name, "already_reacted", event)
         for previous in REPLACED_REACTIONS.get(state, ()):
+            deadline.require(self._http_timeout, "a Slack reaction")
             self._react(team.helper.reactions_remove, root, previous, "no_reaction", event)
 
     @staticmethod
@@ -834,7 +878,7 @@ class SlackDispatcher:
             _count("slack_reaction_failed")
 
     def _delete_intermediate_messages(
-        self, event: TaskEvent, team: _TeamClients, claim: Claim, root: _Posted | None
+        self, event: TaskEvent, team: _TeamClients, claim: Claim, root: _Posted | None, deadline: Deadline
     ) -> None:
         """Remove the created/session messages once the task is over.
 
@@ -844,24 +888,37 @@ class SlackDispatcher:
         the reactions). If the re-read fails, the freshest earlier view is used (the claim's
         row, else the record-start read); the confirm that follows then most likely fails too,
         and the redelivery takes over and runs this cleanup again.
+
+        The re-read is skipped when the earlier view already shows both messages posted: a
+        posted marker is final (nothing rewrites or removes it), so a fresh read could only
+        show the same -- the usual case of a terminal event that follows its task's created and
+        session events (one DynamoDB call less per terminal notification).
         """
-        try:
-            metadata = self._read_markers(event.task_id, SESSION_MARKER, CREATED_MARKER)
-        except RetryableError as exc:
-            logger.warning(
-                "Re-reading the task row for cleanup failed; using the earlier read",
-                extra={**_log_fields(event), "error": str(exc)},
-            )
-            metadata = claim.channel_metadata
+        known = claim.channel_metadata
+        if all(_posted_ts(known.get(marker)) is not None for marker in (SESSION_MARKER, CREATED_MARKER)):
+            metadata = known
+        else:
+            metadata = self._reread_markers(event, known)
         for marker in (SESSION_MARKER, CREATED_MARKER):
             record = metadata.get(marker)
             ts = _posted_ts(record)
             if ts is None or record is None or (root is not None and root.ts == ts):
                 continue
+            deadline.require(self._http_timeout, "deleting an intermediate Slack message")
             if not self._delete(
                 team, _Posted(channel=str(record["channel"]), ts=ts), "FANOUT_SLACK_CLEANUP_DELETE_FAILED"
             ):
                 _count("slack_cleanup_delete_failed")
+
+    def _reread_markers(self, event: TaskEvent, known: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            return self._read_markers(event.task_id, SESSION_MARKER, CREATED_MARKER)
+        except RetryableError as exc:
+            logger.warning(
+                "Re-reading the task row for cleanup failed; using the earlier read",
+                extra={**_log_fields(event), "error": str(exc)},
+            )
+            return known
 
     @staticmethod
     def _delete(team: _TeamClients, message: _Posted, error_id: str) -> bool:
@@ -889,19 +946,9 @@ class SlackDispatcher:
 
 
 def parse_bot_token(secret_string: str | None) -> str:
-    """The bot token from a SecretString: the token itself or JSON ``{"bot_token": ...}``."""
-    if secret_string is None:
-        raise ValueError("the secret has no SecretString (binary secrets are not supported)")
-    raw = secret_string.strip()
-    if raw.startswith("{"):
-        try:
-            document = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"SecretString looks like JSON but does not parse: {exc.msg}") from None
-        token = document.get("bot_token")
-        if not isinstance(token, str):
-            raise ValueError("SecretString JSON has no string field 'bot_token'")
-        raw = token.strip()
+    """The bot token from a SecretString: the token itself, or JSON ``{"token": ...}`` or
+    ``{"bot_token": ...}`` (``secret_format``); it must look like a Slack token."""
+    raw = token_from_secret(secret_string)
     if not raw.startswith("xox") or any(character.isspace() for character in raw):
         raise ValueError("the value is not a Slack token (expected xoxb-...)")
     return raw

@@ -12,6 +12,17 @@ What it builds:
   IAM authentication, TLS only, logs exported, deletion protection configurable) with a
   generated, rotated secret, and, unless a VPC is given, a VPC with isolated subnets only.
 
+Migrations on deploy: the migrator function (handlers/export_runner/migrator.py), in the VPC
+with the functions' security group, applies the product's migrations through a CDK trigger that
+runs after the database, its security-group rules and the Secrets Manager endpoint exist, and
+before the runner and the sweeper are created or updated. The trigger runs on every deploy that
+changes the migrator's version; the migrations' digest is in its environment
+(``MIGRATIONS_SHA256``), so a new or edited migration always re-runs it (running it with
+nothing new is a no-op). It logs in with the database secret (the cluster's admin, owner of the
+schema; with an existing database, the secret given in cdk.json, which must be the owner's), the
+only function that reads that secret with IAM logins. A failed migration raises, the trigger
+reports the function error, and the deployment fails with the migration's message.
+
 Network: the VPC this construct creates has no internet gateway and no NAT. The functions reach
 S3 through a gateway endpoint, and Secrets Manager and SQS through interface endpoints; nothing
 else is reachable, so audit rows can only leave through this account's endpoints (and the
@@ -56,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import ArnFormat, Duration, Names, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Duration, Names, RemovalPolicy, Stack, triggers
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
@@ -73,14 +84,21 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from handlers.export_runner.migration_digest import migrations_digest
 from infra.acknowledge import acknowledge
 from infra.constructs.alarm_routing import route_alarm
 from infra.constructs.dead_letter_queue import DeadLetterQueue
 from infra.constructs.function_alarms import FunctionAlarms
 from infra.constructs.handler_function import HandlerFunction
+from infra.constructs.logged_bucket import LoggedBucket
 
 RUNNER_HANDLER = "handlers.export_runner.runner.handler"
 SWEEPER_HANDLER = "handlers.export_runner.sweeper.handler"
+MIGRATOR_HANDLER = "handlers.export_runner.migrator.handler"
+MIGRATOR_TIMEOUT = Duration.minutes(5)
+MAX_PRESIGN_TTL = Duration.days(7)  # SigV4's limit for a presigned URL
+# The stack-wide construct of CDK's triggers module that invokes every trigger's function.
+TRIGGER_PROVIDER = "AWSCDK.TriggerCustomResourceProviderCustomResourceProvider"
 POSTGRES_PORT = 5432
 # The least-privilege database roles of migration 0004 the functions log in as.
 RUNNER_DB_USER = "export_runner"
@@ -88,7 +106,6 @@ PRODUCER_DB_USER = "export_producer"
 DATABASE_AUTH_MODES = ("iam", "secret")
 # TLS is never optional between the functions and the audit database.
 DATABASE_SSL_MODES = ("require", "verify-ca", "verify-full")
-S3_ACCESS_LOGS_USE_BUCKET_POLICY = "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy"
 # Lambda's own guidance for SQS event sources, enforced by EventDriven-SqsVisibility.
 VISIBILITY_TO_TIMEOUT_RATIO = 6
 QUEUE_RETENTION = Duration.days(1)
@@ -100,9 +117,16 @@ QUEUED_EXPIRY = QUEUE_RETENTION.plus(Duration.hours(1))
 # CompleteMultipartUpload are all authorised by s3:PutObject, as is the single PutObject of a
 # small export), abort on failure, and the presigned GET it signs (S3 checks the signer's
 # s3:GetObject when the URL is used), and deleting an export it finished after the sweeper had
-# already failed the job (the job says failed, so the object must not linger as a download).
-# It never lists parts or buckets.
-OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:DeleteObject")
+# already failed the job (the job says failed, so the object must not linger as a download),
+# with the version it wrote (the bucket is versioned: a plain delete would keep the export as a
+# noncurrent version). It never lists parts, versions or buckets.
+OBJECT_ACTIONS = (
+    "s3:PutObject",
+    "s3:GetObject",
+    "s3:AbortMultipartUpload",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+)
 # Denied on every other bucket, so no policy attached later (a managed read-only policy, a
 # careless grant) can let the runner copy audit rows elsewhere or read other data.
 DENIED_ELSEWHERE = (
@@ -110,7 +134,6 @@ DENIED_ELSEWHERE = (
     "s3:ListMultipartUploadParts",
     "s3:GetObjectVersion",
     "s3:PutObjectAcl",
-    "s3:DeleteObjectVersion",
     "s3:RestoreObject",
 )
 # ENI management Lambda performs with the execution role when the function is in a VPC (what
@@ -189,6 +212,8 @@ class ExportRunner(Construct):
         if runner_timeout.to_seconds() * VISIBILITY_TO_TIMEOUT_RATIO > Duration.hours(12).to_seconds():
             raise ValueError("ExportRunner: runner_timeout x 6 must fit the 12 h maximum SQS visibility timeout")
         problems = []
+        if not 1 <= presign_ttl.to_seconds() <= MAX_PRESIGN_TTL.to_seconds():
+            problems.append("presign_ttl must be between 1 second and 7 days (the longest presigned URL S3 accepts)")
         if database_auth not in DATABASE_AUTH_MODES:
             problems.append(f"database_auth must be one of {', '.join(DATABASE_AUTH_MODES)}, got {database_auth!r}")
         if database_sslmode not in DATABASE_SSL_MODES:
@@ -205,10 +230,6 @@ class ExportRunner(Construct):
             problems.append(f"database_ca_bundle {database_ca_bundle!r} is not a file")
         if problems:
             raise ValueError("ExportRunner: " + "; ".join(problems))
-        # Server access logs are delivered under a bucket policy (AWS's recommendation) instead
-        # of the log-delivery ACL, which would need ACLs enabled on the log bucket. Context set
-        # here applies to this construct's children only.
-        self.node.set_context(S3_ACCESS_LOGS_USE_BUCKET_POLICY, True)
 
         self.encryption_key = encryption_key
         self.alarm_topic = alarm_topic
@@ -321,6 +342,16 @@ class ExportRunner(Construct):
             database_environment=database_environment,
             code=code,
         )
+        migrator_environment = {
+            key: value for key, value in database_environment.items() if key not in ("DATABASE_USER", "DATABASE_AUTH")
+        }
+        migrator_environment.update({"DATABASE_AUTH": "secret", "DATABASE_SECRET_ARN": self.database_secret.secret_arn})
+        self._build_migrator(
+            encryption_key=encryption_key,
+            alarm_topic=alarm_topic,
+            database_environment=migrator_environment,
+            code=code,
+        )
 
     # --- Network -------------------------------------------------------------------------------
 
@@ -418,63 +449,20 @@ class ExportRunner(Construct):
     # --- Bucket --------------------------------------------------------------------------------
 
     def _create_bucket(self, encryption_key: kms.IKey, expiry: Duration, log_retention: Duration) -> s3.Bucket:
-        self.access_log_bucket = s3.Bucket(
+        # SSE-KMS with the subsystem key: every read is a logged kms:Decrypt. A presigned GET is
+        # signed by the runner's role, so that role holds kms:Decrypt on this key (it needs it
+        # anyway to complete a multipart upload under SSE-KMS). Versioned (LoggedBucket's
+        # default): a discarded export is deleted with its version (export_job._delete_quietly).
+        self.logged_bucket = LoggedBucket(
             self,
-            "AccessLogBucket",
-            # S3 server access logging delivers only to buckets encrypted with S3-managed keys.
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            enforce_ssl=True,
-            minimum_tls_version=1.2,
-            versioned=True,
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    id="expire-access-logs",
-                    expiration=log_retention,
-                    noncurrent_version_expiration=Duration.days(1),
-                    abort_incomplete_multipart_upload_after=Duration.days(1),
-                )
-            ],
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        for rule_id in ("NIST.800.53.R5-S3DefaultEncryptionKMS", "HIPAA.Security-S3DefaultEncryptionKMS"):
-            acknowledge(
-                self.access_log_bucket,
-                rule_id,
-                "S3 server access logging can only deliver to a bucket encrypted with S3-managed keys (SSE-S3); "
-                "a KMS default encryption on this log bucket would stop log delivery.",
-            )
-        acknowledge(
-            self.access_log_bucket,
-            "CKV_AWS_18",
-            "This is the access-log bucket of the exports bucket: logging its own requests into itself would log "
-            "every log delivery without end, and a further log bucket would only move the same finding there.",
-        )
-        for rule_id in ("NIST.800.53.R5-S3BucketReplicationEnabled", "HIPAA.Security-S3BucketReplicationEnabled"):
-            acknowledge(
-                self.access_log_bucket,
-                rule_id,
-                "Access logs of a bucket whose objects expire after days; the record of who exported what is "
-                "the audit event in Postgres, so a cross-region replica would add cost, not protection.",
-            )
-
-        bucket = s3.Bucket(
-            self,
-            "Bucket",
-            # SSE-KMS with the subsystem key: every read is a logged kms:Decrypt. A presigned GET
-            # is signed by the runner's role, so that role holds kms:Decrypt on this key (it needs
-            # it anyway to complete a multipart upload under SSE-KMS).
-            encryption=s3.BucketEncryption.KMS,
+            "Exports",
             encryption_key=encryption_key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            enforce_ssl=True,
-            minimum_tls_version=1.2,
-            versioned=True,
-            server_access_logs_bucket=self.access_log_bucket,
-            server_access_logs_prefix="exports/",
+            purpose="the compliance exports bucket",
+            replication_reason=(
+                "export files are derived copies that expire after days and can be regenerated from the audit "
+                "log in Postgres, the record of who exported what; a cross-region replica would duplicate audit "
+                "data into a second region for no recovery benefit."
+            ),
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="expire-exports",
@@ -486,17 +474,11 @@ class ExportRunner(Construct):
                 ),
                 s3.LifecycleRule(id="remove-expired-delete-markers", expired_object_delete_marker=True),
             ],
-            removal_policy=RemovalPolicy.RETAIN,
+            access_log_retention=log_retention,
+            log_prefix="exports/",
         )
-        for rule_id in ("NIST.800.53.R5-S3BucketReplicationEnabled", "HIPAA.Security-S3BucketReplicationEnabled"):
-            acknowledge(
-                bucket,
-                rule_id,
-                "Export files are derived copies that expire after days and can be regenerated from the audit "
-                "log in Postgres; replicating them would duplicate audit data into a second region for no recovery "
-                "benefit.",
-            )
-        return bucket
+        self.access_log_bucket = self.logged_bucket.access_log_bucket
+        return self.logged_bucket.bucket
 
     # --- Database ------------------------------------------------------------------------------
 
@@ -896,6 +878,107 @@ class ExportRunner(Construct):
             alarm_topic=alarm_topic,
         )
         self._acknowledge_function_wildcards(self.sweeper)
+
+    # --- Migrations on deploy ------------------------------------------------------------------
+
+    def _build_migrator(
+        self,
+        *,
+        encryption_key: kms.IKey,
+        alarm_topic: sns.ITopic | None,
+        database_environment: dict[str, str],
+        code: lambda_.Code | None,
+    ) -> None:
+        """The product's migrations, applied on deploy by a function in the VPC.
+
+        CDK's trigger invokes the migrator synchronously once the database, its network path and
+        the migrator's grants exist, and again whenever the function changes: its configuration
+        carries the digest of the migrations directory (``MIGRATIONS_SHA256``), so a new or changed
+        migration is a new function version and re-runs it. A failing migration is a function
+        error, which fails the deployment with the migration's message. It is the only function
+        that reads the admin secret (the schema owner's login).
+        """
+        self.migrations_digest = migrations_digest()
+        # The trigger invokes synchronously; only an operator's asynchronous invoke lands here.
+        self.migrator_dlq = DeadLetterQueue(
+            self,
+            "MigratorDlq",
+            encryption_key=encryption_key,
+            alarm_topic=alarm_topic,
+            purpose="the audit database migrator",
+        )
+        self.migrator = HandlerFunction(
+            self,
+            "Migrator",
+            handler=MIGRATOR_HANDLER,
+            description="Applies the audit database migrations on deploy (CDK trigger)",
+            service_name="export_migrator",
+            encryption_key=encryption_key,
+            timeout=MIGRATOR_TIMEOUT,
+            memory_size=256,
+            # One migrator at a time (the advisory lock would serialise a second one anyway).
+            reserved_concurrency=1,
+            environment={"MIGRATIONS_SHA256": self.migrations_digest, **database_environment},
+            vpc=self.vpc,
+            vpc_subnets=self.function_subnets,
+            security_groups=[self.function_security_group],
+            dead_letter_queue=self.migrator_dlq.queue,
+            code=code,
+        )
+        self.migrator_function = self.migrator.function
+        if self.ca_bundle_layer is not None:
+            self.migrator_function.add_layers(self.ca_bundle_layer)
+        self._grant_vpc_access(self.migrator)
+        self._grant_secret_read(self.migrator.role)
+        self.migrator_alarms = FunctionAlarms(
+            self,
+            "MigratorAlarms",
+            function=self.migrator_function,
+            purpose="audit database migrator",
+            alarm_topic=alarm_topic,
+        )
+        self._acknowledge_function_wildcards(self.migrator)
+        # After the database, the rules that let the migrator reach it (they live on the database's
+        # and the endpoints' security groups), and the Secrets Manager endpoint it reads the secret through.
+        run_after: list[Construct] = [self.migrator, self.function_security_group]
+        if self.cluster is not None:
+            run_after.append(self.cluster)
+        if self._creates_network:
+            run_after.append(self.endpoint_security_group)
+            run_after.extend(self.interface_endpoints.values())
+        self.migration_trigger = triggers.Trigger(
+            self,
+            "MigrateOnDeploy",
+            handler=self.migrator_function,
+            invocation_type=triggers.InvocationType.REQUEST_RESPONSE,
+            timeout=MIGRATOR_TIMEOUT,
+            execute_on_handler_change=True,
+            execute_after=run_after,
+        )
+        # (an imported group holds the ingress rule this stack adds to it)
+        self.migration_trigger.node.add_dependency(*self._cluster.connections.security_groups)
+        provider = Stack.of(self).node.find_child(TRIGGER_PROVIDER).node.find_child("Handler")
+        for check_id, reason in (
+            (
+                "CKV_AWS_116",
+                "CDK's trigger provider is invoked by CloudFormation, which reports its failure as a failed "
+                "deployment; a dead-letter queue would keep an event nobody replays.",
+            ),
+            (
+                "CKV_AWS_117",
+                "CDK's trigger provider only calls the Lambda API to invoke the migrator and answers "
+                "CloudFormation; it never reaches the database, which only the migrator in the VPC does.",
+            ),
+            (
+                "CKV_AWS_115",
+                "CDK's trigger provider runs once per deployment that changes the migrator, invoked by "
+                "CloudFormation only, so its concurrency is bounded by the deployments themselves.",
+            ),
+        ):
+            acknowledge(provider, check_id, reason)
+        # The runner and the sweeper start only once the schema they use exists.
+        for function in (self.runner, self.sweeper):
+            function.node.add_dependency(self.migration_trigger)
 
     def _acknowledge_function_wildcards(self, function: HandlerFunction) -> None:
         stack = Stack.of(self)

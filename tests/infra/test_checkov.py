@@ -73,7 +73,11 @@ CONFIGURATIONS = {"cdk-json": CDK_JSON_CONTEXT, "every-option": {**CDK_JSON_CONT
 # The reviewed skips of every configuration, by template: (check id, logical id without its hash).
 # Each one's reason is at its acknowledge() call and in the template.
 REVIEWED_SKIPS = {
-    "ExportRunner.template.json": {("CKV_AWS_18", "ExportRunnerAccessLogBucket")},
+    "ExportRunner.template.json": {("CKV_AWS_18", "ExportRunnerExportsAccessLogBucket")}
+    | {
+        (check, "AWSCDKTriggerCustomResourceProviderCustomResourceProviderHandler")
+        for check in ("CKV_AWS_115", "CKV_AWS_116", "CKV_AWS_117")
+    },
     "FanOutConsumer.template.json": {("CKV_AWS_117", "FanOutConsumerHandlerFunction")},
     "JobClaim.template.json": {("CKV_AWS_18", "JobClaimEmailAccessLogBucket")}
     | {

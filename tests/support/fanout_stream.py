@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
@@ -51,12 +52,18 @@ def _decimals(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class FakeLambdaContext:
-    """What Lambda passes as ``context`` (the fields Powertools' Logger reads)."""
+    """What Lambda passes as ``context``: the fields Powertools' Logger reads, and the remaining
+    time, counting down from ``timeout_ms`` since the context was made (the invocation start)."""
 
     function_name: str = "FanOutFn"
     memory_limit_in_mb: int = 256
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:FanOutFn"
     aws_request_id: str = "req-1"
+    timeout_ms: int = 60_000  # FanOutConsumer's function timeout
+    started_at: float = field(default_factory=time.monotonic)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int(self.timeout_ms - (time.monotonic() - self.started_at) * 1000))
 
 
 class FanOutTables:

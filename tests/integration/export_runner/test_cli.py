@@ -140,7 +140,12 @@ def test_errors_are_one_line_and_a_non_zero_exit(
     closed_port = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
 
     cases = [
-        (("show-job", unknown), {}, 1, "invalid configuration: DATABASE_SECRET_ARN is required but not set"),
+        (
+            ("show-job", unknown),
+            {},
+            1,
+            "invalid configuration: DATABASE_URL or DATABASE_SECRET_ARN is required but not set",
+        ),
         (("show-job", unknown), env, 1, f"error: JOB_NOT_FOUND: no export job {unknown}"),
         (("show-job", unknown), {"DATABASE_URL": closed_port}, 1, "error: OperationalError: connection failed"),
         (
@@ -191,3 +196,26 @@ def test_run_job_reports_jobs_it_cannot_run(export_db: ExportDatabase, exports_b
         run_main("run-job", str(bad_filter), environ=env), 1, "error: JOB_FAILED: invalid job: FILTER_MISSING_FIELD"
     )
     assert_one_line_error(run_main("run-job", str(bad_filter), environ=env), 1, "error: JOB_NOT_QUEUED")
+
+
+def test_a_missing_login_is_named_once_with_both_ways_to_give_it(tmp_path: Path) -> None:
+    """Issue #9 item 7: the program's name once, then which setting is missing (either one would do)."""
+    for argv in (("show-job", str(uuid.uuid4())), ("sweep",)):
+        code, stdout, stderr = run_main(*argv, environ={})
+        assert (code, stdout) == (1, "")
+        assert stderr == (
+            f"{PREFIX}error: database settings: invalid configuration: "
+            "DATABASE_URL or DATABASE_SECRET_ARN is required but not set\n"
+        ) or stderr == (
+            f"{PREFIX}error: export sweeper: invalid configuration: "
+            "DATABASE_URL or DATABASE_SECRET_ARN is required but not set\n"
+        ), stderr
+        assert stderr.count("handlers.export_runner") == 1
+        assert stderr.count("DATABASE_SECRET_ARN") == 1
+
+
+@pytest.mark.parametrize("ttl", ["604801", "0", "-5"])
+def test_reissue_url_refuses_a_lifetime_s3_would_not_accept(ttl: str) -> None:
+    env = {"DATABASE_URL": "postgresql://unused@127.0.0.1:1/x", "COMPLIANCE_EXPORTS_BUCKET": "b"}
+    result = run_main("reissue-url", str(uuid.uuid4()), "--ttl", ttl, environ=env)
+    assert_one_line_error(result, 2, "--ttl must be between 1 and 604800 seconds (7 days")

@@ -1,13 +1,15 @@
 import json
 import uuid
+from datetime import timedelta
 
+import psycopg
 import pytest
 
 from handlers.common.aws import client
 from handlers.export_runner import jobs
 from handlers.export_runner.filters import ALL_TENANTS
 from handlers.export_runner.producer import ExportRequest, ExportRequestError, create_export_job
-from tests.support.export_fixtures import ExportDatabase, window_filter
+from tests.support.export_fixtures import WINDOW_START, ExportDatabase, bulk_append, spaced_events, window_filter
 
 METACHARACTERS = "o'brien\"; DROP TABLE compliance.export_jobs; -- \\ %s %(x)s $1"
 
@@ -56,9 +58,68 @@ def test_a_job_is_recorded_audited_and_enqueued(export_db: ExportDatabase, expor
 
 def test_all_tenants_jobs_are_audited_on_the_sentinel_chain(export_db: ExportDatabase, export_queue: str) -> None:
     with export_db.connect() as conn:
-        job = create_export_job(conn, request("ALL_TENANTS", format="json"), queue_url=export_queue)
+        job = create_export_job(conn, request("ALL_TENANTS", format="json", cross_tenant=True), queue_url=export_queue)
         audited = conn.execute("SELECT tenant_id FROM compliance.audit_events").fetchall()
     assert job.tenant_id == ALL_TENANTS and audited == [(ALL_TENANTS,)]
+
+
+def test_an_all_tenants_export_is_audited_in_the_chain_of_every_tenant_it_reads(
+    export_db: ExportDatabase, export_queue: str
+) -> None:
+    """Issue #9 item 9: each tenant's own log shows that a cross-tenant export read it."""
+    read_a, read_b, outside, other_type = (uuid.uuid4() for _ in range(4))
+    with export_db.connect() as conn:
+        bulk_append(conn, spaced_events(read_a, 3, event_type="auth.signin"))
+        bulk_append(conn, spaced_events(read_b, 2, event_type="auth.signin"))
+        # Outside the window, or of another event type: not read, not notified.
+        bulk_append(conn, spaced_events(outside, 2, start=WINDOW_START - timedelta(days=60), event_type="auth.signin"))
+        bulk_append(conn, spaced_events(other_type, 2))
+        job = create_export_job(conn, request("ALL_TENANTS", cross_tenant=True), queue_url=export_queue)
+        audited = conn.execute(
+            "SELECT tenant_id, payload FROM compliance.audit_events WHERE event_type = 'data.export_initiated'"
+            " ORDER BY recorded_at"
+        ).fetchall()
+    assert [tenant for tenant, _ in audited] == [ALL_TENANTS, *sorted([read_a, read_b])]
+    for _, payload in audited:
+        assert payload == {"jobId": str(job.job_id), "format": "csv", "filter": job.filter, "scope": "ALL_TENANTS"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "allowed"),
+    [
+        ({}, False),  # the caller did not authorise a cross-tenant export
+        ({"cross_tenant": True, "actor_type": "agent"}, False),
+        ({"cross_tenant": True, "actor_type": "system"}, False),
+        ({"cross_tenant": True}, True),
+    ],
+)
+def test_who_may_request_an_all_tenants_export_is_checked(
+    export_db: ExportDatabase, export_queue: str, overrides: dict[str, object], allowed: bool
+) -> None:
+    with export_db.connect() as conn:
+        if allowed:
+            assert create_export_job(conn, request("ALL_TENANTS", **overrides), queue_url=export_queue)
+            return
+        with pytest.raises(ExportRequestError) as caught:
+            create_export_job(conn, request("ALL_TENANTS", **overrides), queue_url=export_queue)
+        assert caught.value.code == "CROSS_TENANT_NOT_ALLOWED"
+        assert conn.execute("SELECT count(*) FROM compliance.export_jobs").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM compliance.audit_events").fetchone() == (0,)
+    assert queued_bodies(export_queue) == []
+
+
+def test_the_producer_role_learns_tenant_ids_only(export_db: ExportDatabase) -> None:
+    tenant = uuid.uuid4()
+    with export_db.connect() as conn:
+        bulk_append(conn, spaced_events(tenant, 2))
+    with export_db.connect_as("export_producer") as conn:
+        rows = conn.execute(
+            "SELECT * FROM compliance.tenants_in_export_scope(%s, %s, NULL, NULL, NULL)",
+            (WINDOW_START, WINDOW_START + timedelta(days=30)),
+        ).fetchall()
+        assert rows == [(tenant,)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM compliance.audit_events")
 
 
 def test_a_refused_request_leaves_no_trace(export_db: ExportDatabase, export_queue: str) -> None:

@@ -6,6 +6,7 @@ Assertions are on what each channel received and which records were reported (Se
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -354,3 +355,18 @@ def test_all_three_channels_through_the_handler(
         assert "completed" in (replies[0].text or "").lower()
     assert len(github.comments_on(REPO, PR_NUMBER)) == 1
     assert [m["subject"] for m in moto_sent_emails(aws.endpoint)] == ["[bgagent] Task t-1 completed"]
+
+
+@pytest.mark.parametrize("key", ["token", "bot_token"])
+def test_a_github_secret_in_json_with_either_key_authenticates(
+    key: str, tables: FanOutTables, github: GitHubStub, github_secret_arn: str, invoke: Invoke
+) -> None:
+    client("secretsmanager").put_secret_value(SecretId=github_secret_arn, SecretString=json.dumps({key: "ghp_json"}))
+    pr_task(tables, "t-1")
+    tables.put_event("t-1", "e1", "task_completed")
+
+    response = invoke(tables.next_batch())
+
+    assert reported(response) == []
+    assert {r.token for r in github.received()} == {"ghp_json"}
+    assert len(github.comments_on(REPO, PR_NUMBER)) == 1

@@ -148,6 +148,17 @@ def test_json_secret_with_bot_token_is_used_for_its_team(slack_world: SlackWorld
     assert {call.token for call in slack_world.stub.calls} == {TOKEN_JSON}
 
 
+def test_json_secret_with_token_is_used_for_its_team_like_github_secrets(slack_world: SlackWorld) -> None:
+    client("secretsmanager").create_secret(
+        Name=f"{SECRET_PREFIX}T0TOKEN", SecretString=json.dumps({"token": "xoxb-token-key"})
+    )
+    slack_world.put_task(team_id="T0TOKEN", thread_ts=slack_world.mention())
+
+    assert slack_world.deliver(make_event("task_created")) is Outcome.DELIVERED
+
+    assert {call.token for call in slack_world.stub.calls} == {"xoxb-token-key"}
+
+
 def test_dm_channel_posts_to_the_user_id_and_lands_in_the_dm_thread(slack_world: SlackWorld) -> None:
     slack_world.stub.open_dm("U0ALICE", "D0ALICE")
     root = slack_world.mention(channel="D0ALICE")
@@ -357,7 +368,7 @@ def test_secret_created_after_a_failure_heals_the_redelivery(slack_world: SlackW
 @pytest.mark.parametrize(
     "secret",
     [
-        {"SecretString": json.dumps({"token": "xoxb-wrong-field"})},
+        {"SecretString": json.dumps({"access_token": "xoxb-wrong-field"})},
         {"SecretString": json.dumps({"bot_token": 12345})},
         {"SecretString": "{not json"},
         {"SecretString": "   "},
@@ -419,3 +430,27 @@ def test_permanent_slack_errors_are_terminal_not_retried_until_the_dlq(slack_wor
     assert slack_world.stub.replies(CHANNEL, root) == []
     marker = slack_world.marker("task-1", TERMINAL_MARKER)
     assert marker is not None and marker["state"] == "released"
+
+
+def test_terminal_cleanup_skips_the_reread_when_the_record_start_read_shows_both_messages_posted(
+    slack_world: SlackWorld,
+) -> None:
+    slack_world.put_task(thread_ts=slack_world.mention())
+    slack_world.deliver(make_event("task_created"))
+    slack_world.deliver(make_event("session_started"))
+    task = slack_world.task()  # the record-start read: both intermediate messages posted (final)
+    calls: list[str] = []
+
+    def count(event_name: str, **_: object) -> None:
+        calls.append(event_name.rsplit(".", 1)[-1])
+
+    ddb = client("dynamodb")
+    ddb.meta.events.register("before-call.dynamodb", count)
+    try:
+        assert slack_world.dispatcher.dispatch(make_event("task_completed"), task) is Outcome.DELIVERED
+    finally:
+        ddb.meta.events.unregister("before-call.dynamodb", count)
+
+    assert calls == ["UpdateItem", "UpdateItem"]  # claim and confirm; no re-read
+    texts = slack_world.texts()
+    assert texts[1:] == ["Task completed for octo/widgets"]  # created and session messages deleted

@@ -162,7 +162,7 @@ def test_a_completion_that_committed_before_its_connection_broke_stands(
     assert report.outcome is Outcome.COMPLETED
     job = stored(export_db, job_id)
     assert job.status == "complete" and job.s3_key == object_key(tenant, job_id, FORMATS["csv"])
-    assert objects(deps.bucket) == [job.s3_key]
+    assert objects(deps.bucket) == [job.s3_key, f"{job.s3_key}.manifest.json"]
 
 
 class DeliveredThenTimedOut:

@@ -69,7 +69,7 @@ def test_a_duplicate_delivery_exports_once(runner: Any, export_db: ExportDatabas
 
     assert get(export_db, job_id) == first  # same URL, same completion time: nothing ran twice
     stored = objects(exports_bucket)
-    assert list(stored) == [f"{tenant}/{job_id}.csv"]
+    assert list(stored) == [f"{tenant}/{job_id}.csv", f"{tenant}/{job_id}.csv.manifest.json"]
     assert len(parse_csv_export(stored[f"{tenant}/{job_id}.csv"])) == 20
 
 
@@ -93,7 +93,10 @@ def test_racing_runners_export_once(export_db: ExportDatabase, exports_bucket: s
 
     assert sorted(outcomes) == [Outcome.COMPLETED, Outcome.SKIPPED_NOT_QUEUED]
     stored = objects(exports_bucket)
-    assert list(stored) == [f"{tenant}/{job_id}.csv"] and len(parse_csv_export(stored[f"{tenant}/{job_id}.csv"])) == 500
+    assert (
+        list(stored) == [f"{tenant}/{job_id}.csv", f"{tenant}/{job_id}.csv.manifest.json"]
+        and len(parse_csv_export(stored[f"{tenant}/{job_id}.csv"])) == 500
+    )
     assert s3_client().list_multipart_uploads(Bucket=exports_bucket).get("Uploads", []) == []
 
 
@@ -119,7 +122,7 @@ def test_a_database_outage_before_the_claim_is_retried_by_redelivery(
 
     assert redelivered == {"batchItemFailures": []}
     assert get(export_db, job_id).status == "complete"
-    assert list(objects(exports_bucket)) == [f"{tenant}/{job_id}.csv"]
+    assert list(objects(exports_bucket)) == [f"{tenant}/{job_id}.csv", f"{tenant}/{job_id}.csv.manifest.json"]
 
 
 def test_poison_messages_reach_the_dlq_and_good_ones_complete(

@@ -28,8 +28,8 @@ def test_a_valid_request() -> None:
 
 
 def test_all_tenants_by_name_or_sentinel() -> None:
-    assert validate_request(request(tenant_id="ALL_TENANTS")).tenant_id == ALL_TENANTS
-    assert validate_request(request(tenant_id=str(ALL_TENANTS))).tenant_id == ALL_TENANTS
+    assert validate_request(request(tenant_id="ALL_TENANTS", cross_tenant=True)).tenant_id == ALL_TENANTS
+    assert validate_request(request(tenant_id=str(ALL_TENANTS), cross_tenant=True)).tenant_id == ALL_TENANTS
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,8 @@ def test_all_tenants_by_name_or_sentinel() -> None:
         ({"requested_by_actor_id": "a" * 257}, "INVALID_ACTOR_ID"),
         ({"requested_by_actor_id": "nul\x00byte"}, "INVALID_ACTOR_ID"),
         ({"actor_type": "robot"}, "INVALID_ACTOR_TYPE"),
+        ({"tenant_id": "ALL_TENANTS"}, "CROSS_TENANT_NOT_ALLOWED"),
+        ({"tenant_id": "ALL_TENANTS", "cross_tenant": True, "actor_type": "agent"}, "CROSS_TENANT_NOT_ALLOWED"),
         ({"format": "xml"}, "FORMAT_UNSUPPORTED"),
         ({"filter": {**WINDOW, "where": "1=1"}}, "FILTER_UNKNOWN_FIELD"),
         ({"filter": {"since": "2024-01-01T00:00:00Z", "until": "2024-06-01T00:00:00Z"}}, "FILTER_RANGE_TOO_WIDE"),

@@ -57,7 +57,12 @@ def test_failed_email_includes_the_error() -> None:
 
 @pytest.mark.parametrize(
     ("secret", "token"),
-    [("ghp_plain", "ghp_plain"), ('{"token": "ghp_json"}', "ghp_json"), ("  ghp_spaces\n", "ghp_spaces")],
+    [
+        ("ghp_plain", "ghp_plain"),
+        ('{"token": "ghp_json"}', "ghp_json"),
+        ('{"bot_token": "ghp_bot_key"}', "ghp_bot_key"),
+        ("  ghp_spaces\n", "ghp_spaces"),
+    ],
 )
 def test_token_secret_formats(secret: str, token: str) -> None:
     assert github._token_from_secret(secret, "arn") == token

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools import Logger, Metrics
 
+from handlers.fanout.deadline import NO_DEADLINE, Deadline, DeadlineExceededError
 from handlers.fanout.model import MalformedRecordError, Outcome, RetryableError, TaskEvent
 from handlers.fanout.router import ChannelDeliveryError, Router, TaskNotFoundError
 from handlers.fanout.routing import TaskEventBudget
@@ -21,7 +22,7 @@ class ScriptedDispatcher:
         self.answer = answer
         self.received: list[str] = []
 
-    def dispatch(self, event: TaskEvent, task: Mapping[str, Any]) -> Outcome:
+    def dispatch(self, event: TaskEvent, task: Mapping[str, Any], deadline: Deadline = NO_DEADLINE) -> Outcome:
         self.received.append(event.event_id)
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -197,3 +198,31 @@ def test_unrouted_events_do_not_use_the_cap(metrics: Metrics) -> None:
 def test_dispatchers_for_unknown_channels_are_refused(metrics: Metrics) -> None:
     with pytest.raises(ValueError, match="teams"):
         make_router(metrics, ScriptedDispatcher("teams"))
+
+
+def test_the_deadline_reaches_every_channel_and_a_channel_out_of_time_stops_the_later_ones(metrics: Metrics) -> None:
+    class OutOfTime(ScriptedDispatcher):
+        deadlines: list[Deadline]
+
+        def dispatch(self, event: TaskEvent, task: Mapping[str, Any], deadline: Deadline = NO_DEADLINE) -> Outcome:
+            self.deadlines.append(deadline)
+            deadline.require(5.0, "a slow step")
+            return Outcome.DELIVERED
+
+    slack, github, email = OutOfTime("slack"), ScriptedDispatcher("github"), ScriptedDispatcher("email")
+    slack.deadlines = []
+    deadline = Deadline.after(1.0)
+    router = make_router(metrics, slack, github, email)
+
+    with pytest.raises(ChannelDeliveryError) as raised:
+        router.deliver(event("task_completed"), TASK, TaskEventBudget(), deadline)
+
+    assert slack.deadlines == [deadline]
+    assert github.received == [] and email.received == []  # not started: the redelivery runs them
+    assert set(raised.value.failed_channels) == {"slack", "github", "email"}
+    assert all(isinstance(e, DeadlineExceededError) for e in raised.value.failed_channels.values())
+    assert counted(metrics) == {
+        "slack_retryable_failure": 1,
+        "github_deadline_not_started": 1,
+        "email_deadline_not_started": 1,
+    }
