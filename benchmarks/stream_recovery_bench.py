@@ -46,11 +46,9 @@ import argparse
 import contextlib
 import io
 import os
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,28 +73,18 @@ WRITE_THREADS = 8
 def moto_server_process() -> Iterator[tuple[str, int]]:
     """The test harness's faithful moto server, in its own process (its CPU must not share our
     GIL), with one more emulator cost removed (``remove_query_scan_cost``)."""
-    from tests.support.moto_server import free_port
+    from tests.support.moto_server import start_moto_server
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.stream_recovery_bench", "--serve-moto", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    servers = start_moto_server(
+        own_process=True,
+        command=lambda port: [sys.executable, "-m", "benchmarks.stream_recovery_bench", "--serve-moto", str(port)],
     )
+    server = next(servers)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/data.json", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", process.pid
+        assert server.pid is not None
+        yield server.endpoint, server.pid
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        servers.close()
 
 
 def remove_query_scan_cost() -> None:

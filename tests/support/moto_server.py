@@ -167,11 +167,18 @@ class MotoServer:
         self._post("/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
 
 
-def start_moto_server(*, own_process: bool = False) -> Iterator[MotoServer]:
-    """Start the faithful moto server on a free loopback port; stop it when the generator ends."""
+def start_moto_server(
+    *, own_process: bool = False, command: Callable[[int], list[str]] | None = None
+) -> Iterator[MotoServer]:
+    """Start the faithful moto server on a free loopback port; stop it when the generator ends.
+
+    ``own_process``: in a process of its own, started with ``command(port)`` (default: this
+    module's ``--port``), e.g. a benchmark's launcher that patches one more emulator cost first.
+    """
     port = free_port()
     if own_process:
-        yield from _in_own_process(port)
+        launch = command or (lambda port: [sys.executable, "-m", "tests.support.moto_server", "--port", str(port)])
+        yield from _in_own_process(port, launch(port))
         return
     server = _FaithfulServer(port)
     server.start()
@@ -181,9 +188,9 @@ def start_moto_server(*, own_process: bool = False) -> Iterator[MotoServer]:
         server.stop()
 
 
-def _in_own_process(port: int) -> Iterator[MotoServer]:
+def _in_own_process(port: int, command: list[str]) -> Iterator[MotoServer]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.moto_server", "--port", str(port)],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
