@@ -75,16 +75,12 @@ def moto_server_process() -> Iterator[tuple[str, int]]:
     GIL), with one more emulator cost removed (``remove_query_scan_cost``)."""
     from tests.support.moto_server import start_moto_server
 
-    servers = start_moto_server(
+    with contextlib.contextmanager(start_moto_server)(
         own_process=True,
         command=lambda port: [sys.executable, "-m", "benchmarks.stream_recovery_bench", "--serve-moto", str(port)],
-    )
-    server = next(servers)
-    try:
+    ) as server:
         assert server.pid is not None
         yield server.endpoint, server.pid
-    finally:
-        servers.close()
 
 
 def remove_query_scan_cost() -> None:
