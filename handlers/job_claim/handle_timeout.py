@@ -23,7 +23,7 @@ from handlers.common.aws import client
 from handlers.common.dynamo_items import serialize_values
 from handlers.common.observability import add_count, observability
 from handlers.job_claim import schema
-from handlers.job_claim.rows import KIND, KIND_TIMED_OUT, delete_active_if_ours
+from handlers.job_claim.rows import delete_active_if_ours
 from handlers.job_claim.settings import SERVICE, load
 
 settings = load(
@@ -44,7 +44,7 @@ def handle_timeout(
         schema.PROJECT: event.get("project"),
         schema.USER: event.get("user"),
         schema.PAIR: pair,
-        KIND: KIND_TIMED_OUT,
+        schema.KIND: schema.KIND_TIMED_OUT,
         schema.INTERRUPTED_AT_MS: now_ms,
         "error": event.get("error"),
         schema.TTL_ATTRIBUTE: now_ms // 1000 + schema.INTERRUPTION_TTL_SECONDS,

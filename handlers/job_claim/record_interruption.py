@@ -21,7 +21,7 @@ from handlers.common.aws import client
 from handlers.common.dynamo_items import serialize_values, to_plain
 from handlers.common.observability import add_count, observability
 from handlers.job_claim import schema
-from handlers.job_claim.rows import KIND, KIND_PREEMPTED, delete_active_if_ours
+from handlers.job_claim.rows import delete_active_if_ours
 from handlers.job_claim.settings import SERVICE, load
 
 settings = load(
@@ -66,7 +66,7 @@ def record_interruption(
         schema.PROJECT: event.get("project"),
         schema.USER: event.get("user"),
         schema.PAIR: pair,
-        KIND: KIND_PREEMPTED,
+        schema.KIND: schema.KIND_PREEMPTED,
         schema.INTERRUPTED_AT_MS: now_ms,
         schema.INTERRUPTED_BY: interrupted_by,
         schema.PARTIAL_WORK: partial,

@@ -56,6 +56,11 @@ INTERRUPTION_TTL_SECONDS = 30 * 24 * 3600
 CLAIM_REQUEST_INTERVAL_SECONDS = 5 * 60
 CLAIM_REQUEST_TTL_SECONDS = 10 * 60
 
+# The kind of an interruptions row: a PREEMPTED job, or one that timed out.
+KIND = "kind"
+KIND_PREEMPTED = "preempted"
+KIND_TIMED_OUT = "timed_out"
+
 # The error a worker sends with SendTaskFailure when an interrupt stopped its job.
 PREEMPTED = "PREEMPTED"
 

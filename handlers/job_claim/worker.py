@@ -38,8 +38,9 @@ from botocore.exceptions import ClientError
 from handlers.common.aws import client
 from handlers.common.claims import Acquire, Claim, ClaimLocation, ClaimStore, Write
 from handlers.common.config import EnvReader
-from handlers.common.dynamo_items import serialize_values, to_plain
+from handlers.common.dynamo_items import serialize_values
 from handlers.job_claim import schema
+from handlers.job_claim.rows import delete_active_if_ours, set_on_active_if_ours
 
 LOST_TOKEN_ERRORS = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"})
 JOB_FAILED = "JobFailed"
@@ -258,9 +259,6 @@ class Worker:
 
     # -- one job -------------------------------------------------------------------------------
 
-    def _active_key(self, job: _Job) -> dict[str, Any]:
-        return {schema.PAIR: {"S": str(job.message["pair"])}}
-
     def _start_active(self, job: _Job) -> bool:
         now_ms = self.claims.now_ms()
         row = {
@@ -301,33 +299,17 @@ class Worker:
             job.ownership_lost = True
             job.stop.set()
             return
-        try:
-            response = client("dynamodb").update_item(
-                TableName=self.config.active_jobs_table,
-                Key=self._active_key(job),
-                UpdateExpression="SET #ttl = :ttl",
-                ConditionExpression="#mid = :mid AND #cid = :me",
-                ExpressionAttributeNames={
-                    "#ttl": schema.TTL_ATTRIBUTE,
-                    "#mid": schema.MESSAGE_ID,
-                    "#cid": schema.ACTIVE_CONTAINER_ID,
-                },
-                ExpressionAttributeValues=serialize_values(
-                    {
-                        ":ttl": self.claims.now_ms() // 1000 + self.config.active_ttl_seconds,
-                        ":mid": job.message["messageId"],
-                        ":me": self.container_id,
-                    }
-                ),
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        row = set_on_active_if_ours(
+            self.config.active_jobs_table,
+            pair,
+            str(job.message["messageId"]),
+            self.container_id,
+            {schema.TTL_ATTRIBUTE: self.claims.now_ms() // 1000 + self.config.active_ttl_seconds},
+        )
+        if row is None:
             job.lost = True  # the row was removed (HandleTimeout) or replaced: the job is over
             job.stop.set()
             return
-        row = to_plain(response.get("Attributes")) or {}
         if row.get(schema.ACTIVE_INTERRUPT_REQUESTED_BY):
             job.interrupted_by = str(row[schema.ACTIVE_INTERRUPT_REQUESTED_BY])
             job.stop.set()
@@ -387,39 +369,18 @@ class Worker:
         return outcome
 
     def _write_partial(self, job: _Job, partial: str) -> None:
-        try:
-            client("dynamodb").update_item(
-                TableName=self.config.active_jobs_table,
-                Key=self._active_key(job),
-                UpdateExpression="SET #partial = :partial",
-                ConditionExpression="#mid = :mid AND #cid = :me",
-                ExpressionAttributeNames={
-                    "#partial": schema.PARTIAL_WORK,
-                    "#mid": schema.MESSAGE_ID,
-                    "#cid": schema.ACTIVE_CONTAINER_ID,
-                },
-                ExpressionAttributeValues=serialize_values(
-                    {":partial": partial, ":mid": job.message["messageId"], ":me": self.container_id}
-                ),
-            )
-        except ClientError as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        set_on_active_if_ours(
+            self.config.active_jobs_table,
+            str(job.message["pair"]),
+            str(job.message["messageId"]),
+            self.container_id,
+            {schema.PARTIAL_WORK: partial},
+        )
 
     def _clear_active(self, job: _Job) -> None:
-        try:
-            client("dynamodb").delete_item(
-                TableName=self.config.active_jobs_table,
-                Key=self._active_key(job),
-                ConditionExpression="#mid = :mid AND #cid = :me",
-                ExpressionAttributeNames={"#mid": schema.MESSAGE_ID, "#cid": schema.ACTIVE_CONTAINER_ID},
-                ExpressionAttributeValues=serialize_values(
-                    {":mid": job.message["messageId"], ":me": self.container_id}
-                ),
-            )
-        except ClientError as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        delete_active_if_ours(
+            self.config.active_jobs_table, str(job.message["pair"]), str(job.message["messageId"]), self.container_id
+        )
 
     def _delete(self, receipt: str) -> None:
         try:
