@@ -17,12 +17,13 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import psycopg
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
+from handlers.common.cli import Parser, UsageError, run_command
 from handlers.common.config import ConfigurationError, EnvReader
 from handlers.export_runner import jobs
 from handlers.export_runner.audit_writer import IsolationLevelError
@@ -48,15 +49,6 @@ class CommandError(Exception):
         super().__init__(f"{code}: {message}")
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def _job_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -74,8 +66,8 @@ def _filter_argument(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Compliance audit-log exports: jobs, downloads and offline verification.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog=PROG, description="Compliance audit-log exports: jobs, downloads and offline verification.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     commands.add_parser("migrate", help="apply pending database migrations")
 
     create = commands.add_parser("create-job", help="validate, record and enqueue an export job")
@@ -243,11 +235,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str], IO[str]], i
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -258,26 +245,26 @@ def main(
     environ = os.environ if environ is None else environ
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    try:
+
+    def command() -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args, environ, stdout)
-    except UsageError as exc:
-        stderr.write(f"{PROG}: usage error: {_one_line(exc)} (see --help)\n")
-        return 2
-    except (
-        CommandError,
-        ExportRequestError,
-        DownloadUrlError,
-        VerifyError,
-        ConfigurationError,
-        MigrationError,
-        IsolationLevelError,
-    ) as exc:
-        stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
-        return 1
-    except (psycopg.Error, BotoCoreError, ClientError, OSError) as exc:
-        stderr.write(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}\n")
-        return 1
+
+    return run_command(
+        PROG,
+        command,
+        stderr=stderr,
+        expected=(
+            CommandError,
+            ExportRequestError,
+            DownloadUrlError,
+            VerifyError,
+            ConfigurationError,
+            MigrationError,
+            IsolationLevelError,
+        ),
+        external=(psycopg.Error, BotoCoreError, ClientError, OSError),
+    )
 
 
 def run() -> None:

@@ -77,7 +77,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -89,6 +89,7 @@ from handlers.common.claims import (
     ClaimRecord,
     ClaimStore,
 )
+from handlers.common.cli import Parser, run_command
 from handlers.common.config import ConfigurationError
 from handlers.common.dynamo_items import serialize_values, to_plain
 from handlers.stream_recovery import schema
@@ -116,15 +117,6 @@ class CommandError(Exception):
         self.code = code
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def _sequence(value: str) -> int:
     try:
         number = int(value)
@@ -148,8 +140,8 @@ def _non_empty(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="StreamRecovery webhooks: inspect, sweep and re-deliver.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog=PROG, description="StreamRecovery webhooks: inspect, sweep and re-deliver.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     show = commands.add_parser("show", help="a task's state, push configs, markers and delivery claims")
     show.add_argument("--tenant", required=True, type=_tenant)
@@ -572,11 +564,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Context], int]] = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -590,19 +577,19 @@ def main(
     environ = os.environ if environ is None else environ
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    try:
+
+    def command() -> int:
         args = build_parser().parse_args(argv)
         ctx = _context(environ, stdout, ssl_context, clock_ms)
         return COMMANDS[args.command](args, ctx)
-    except UsageError as exc:
-        stderr.write(f"{PROG}: usage error: {_one_line(exc)} (see --help)\n")
-        return 2
-    except (CommandError, ConfigurationError, StaleClaimError, ClaimContentionError, LookupError) as exc:
-        stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
-        return 1
-    except (BotoCoreError, ClientError, OSError) as exc:
-        stderr.write(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}\n")
-        return 1
+
+    return run_command(
+        PROG,
+        command,
+        stderr=stderr,
+        expected=(CommandError, ConfigurationError, StaleClaimError, ClaimContentionError, LookupError),
+        external=(BotoCoreError, ClientError, OSError),
+    )
 
 
 def run() -> None:
