@@ -9,6 +9,7 @@ import aws_cdk as cdk
 
 from infra.compliance import add_compliance_checks
 from infra.config import AppConfig, ConfigError, load_config
+from infra.stacks.execution_engine_stack import ExecutionEngineStack
 from infra.stacks.export_runner_stack import ExportRunnerStack
 from infra.stacks.fanout_stack import FanOutStack
 from infra.stacks.job_claim_stack import JobClaimStack
@@ -26,6 +27,10 @@ def build_app(app: cdk.App, config: AppConfig) -> cdk.App:
         )
     if "job_claim" in config.subsystems:
         JobClaimStack(app, "JobClaim", config=config.job_claim, alarm_topic_arn=config.alarm_topic_arn)
+    if "execution_engine" in config.subsystems:
+        ExecutionEngineStack(
+            app, "ExecutionEngine", config=config.execution_engine, alarm_topic_arn=config.alarm_topic_arn
+        )
     add_compliance_checks(app)
     return app
 
@@ -43,7 +48,15 @@ def main() -> int:
 
 
 def _context(app: cdk.App) -> dict[str, object]:
-    keys = ("subsystems", "alarm_topic_arn", "fanout", "export_runner", "stream_recovery", "job_claim")
+    keys = (
+        "subsystems",
+        "alarm_topic_arn",
+        "fanout",
+        "export_runner",
+        "stream_recovery",
+        "job_claim",
+        "execution_engine",
+    )
     return {key: value for key in keys if (value := app.node.try_get_context(key)) is not None}
 
 

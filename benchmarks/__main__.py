@@ -14,6 +14,7 @@ BENCHMARKS = {
     "fanout": ["benchmarks.fanout_bench"],
     "export": ["benchmarks.export_bench"],
     "stream_recovery": ["benchmarks.stream_recovery_bench"],
+    "job_claim": ["benchmarks.job_claim_bench"],
 }
 
 

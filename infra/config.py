@@ -12,11 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SUBSYSTEMS = ("fanout", "export_runner", "stream_recovery", "job_claim")
+SUBSYSTEMS = ("fanout", "export_runner", "stream_recovery", "job_claim", "execution_engine")
 _ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:(\d{12})?:.+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # The characters a Secrets Manager secret name may hold; a prefix of them, no wildcard.
 _SECRET_NAME_PREFIX = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,256}$")
+# An SSM parameter name prefix: a hierarchy path, no wildcard (infra/constructs/execution_engine.py checks the same).
+_PARAMETER_NAME_PREFIX = re.compile(r"^/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]*)*$")
+_S3_BUCKET_ARN = re.compile(r"^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class ConfigError(ValueError):
@@ -99,6 +102,17 @@ class JobClaimConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionEngineConfig:
+    # SSM parameter / Secrets Manager name prefixes init may resolve job credentials from.
+    credential_parameter_prefixes: tuple[str, ...] = ()
+    credential_secret_prefixes: tuple[str, ...] = ()
+    # Buckets init may read orders' S3 code locations from.
+    code_bucket_arns: tuple[str, ...] = ()
+    # SSM name prefix of the per-job SOPS age identities (<prefix><run_id>).
+    sops_key_parameter_prefix: str = "/execution-engine/sops-keys/"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     subsystems: tuple[str, ...]
     alarm_topic_arn: str | None
@@ -106,6 +120,7 @@ class AppConfig:
     export_runner: ExportRunnerConfig
     stream_recovery: StreamRecoveryConfig = StreamRecoveryConfig()
     job_claim: JobClaimConfig = JobClaimConfig()
+    execution_engine: ExecutionEngineConfig = ExecutionEngineConfig()
 
 
 def _optional_str(section: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -175,6 +190,12 @@ _KNOWN_KEYS = {
         "tables_kms_key_arn",
     },
     "job_claim": {"email_domain"},
+    "execution_engine": {
+        "credential_parameter_prefixes",
+        "credential_secret_prefixes",
+        "code_bucket_arns",
+        "sops_key_parameter_prefix",
+    },
 }
 # The keys that together name the application's own StreamRecovery tables: all of them or none.
 _EXISTING_STREAM_RECOVERY_KEYS = (
@@ -409,6 +430,56 @@ def _job_claim(context: Mapping[str, Any]) -> JobClaimConfig:
     return JobClaimConfig(email_domain=domain.lower() if domain else None)
 
 
+def _string_list(section: Mapping[str, Any], key: str, where: str, example: str) -> tuple[str, ...]:
+    value = section.get(key)
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f'context {where}.{key} must be a list of strings, e.g. ["{example}"]')
+    if len(set(value)) != len(value):
+        raise ConfigError(f"context {where}.{key} lists an entry twice: {value}")
+    return tuple(value)
+
+
+def _execution_engine(context: Mapping[str, Any]) -> ExecutionEngineConfig:
+    where = "execution_engine"
+    section = _section(context, where)
+    parameters = _string_list(section, "credential_parameter_prefixes", where, "/app/credentials/")
+    for prefix in parameters:
+        if not _PARAMETER_NAME_PREFIX.match(prefix):
+            raise ConfigError(
+                f"context {where}.credential_parameter_prefixes: {prefix!r} is not an SSM parameter name prefix "
+                "such as /app/credentials/ (starting with /, then letters, digits and _.-/, no wildcard)"
+            )
+    secrets = _string_list(section, "credential_secret_prefixes", where, "app/credentials/")
+    for prefix in secrets:
+        if not _SECRET_NAME_PREFIX.match(prefix):
+            raise ConfigError(
+                f"context {where}.credential_secret_prefixes: {prefix!r} is not a secret name prefix such as "
+                "app/credentials/ (letters, digits and /_+=.@-, no wildcard)"
+            )
+    buckets = _string_list(section, "code_bucket_arns", where, "arn:aws:s3:::my-code-bucket")
+    for arn in buckets:
+        if not _S3_BUCKET_ARN.match(arn):
+            raise ConfigError(
+                f"context {where}.code_bucket_arns: {arn!r} is not an S3 bucket ARN such as "
+                "arn:aws:s3:::my-code-bucket (the bucket only, no key)"
+            )
+    default_prefix = ExecutionEngineConfig.sops_key_parameter_prefix
+    sops_prefix = _optional_str(section, "sops_key_parameter_prefix", where) or default_prefix
+    if not _PARAMETER_NAME_PREFIX.match(sops_prefix) or not sops_prefix.endswith("/"):
+        raise ConfigError(
+            f"context {where}.sops_key_parameter_prefix must be an SSM parameter path that starts and ends with /, "
+            f"such as /execution-engine/sops-keys/, got {sops_prefix!r}"
+        )
+    return ExecutionEngineConfig(
+        credential_parameter_prefixes=parameters,
+        credential_secret_prefixes=secrets,
+        code_bucket_arns=buckets,
+        sops_key_parameter_prefix=sops_prefix,
+    )
+
+
 def load_config(context: Mapping[str, Any]) -> AppConfig:
     raw_subsystems = context.get("subsystems", list(SUBSYSTEMS))
     if isinstance(raw_subsystems, str):
@@ -458,4 +529,5 @@ def load_config(context: Mapping[str, Any]) -> AppConfig:
         export_runner=export_runner_config,
         stream_recovery=_stream_recovery(context),
         job_claim=_job_claim(context),
+        execution_engine=_execution_engine(context),
     )

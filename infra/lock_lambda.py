@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.constructs.lambda_asset import PLATFORM_TAGS, PYTHON_VERSION
+from infra.constructs.lambda_asset import PLATFORM_TAGS, PROJECT_ROOT, PYTHON_VERSION
+
+# The versions the tests run with: the asset must bundle the same (e.g. boto3 and botocore as a pair).
+CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 
 HEADER = """# Full pinned set installed into the Lambda asset (--no-deps): requirements-lambda.txt plus
 # every transitive dependency, resolved for cp314 / manylinux aarch64. Regenerate with
@@ -24,7 +27,7 @@ def main(argv: list[str]) -> int:
     report = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed", "--report", "-",
          "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION, *platforms,
-         "--target", "/nonexistent-dry-run", "-r", str(requirements)],
+         "--target", "/nonexistent-dry-run", "-c", str(CONSTRAINTS), "-r", str(requirements)],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     pins = sorted(

@@ -39,7 +39,6 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
@@ -51,6 +50,7 @@ from constructs import Construct
 from handlers.job_claim import schema
 from infra.acknowledge import acknowledge
 from infra.constructs.alarm_routing import route_alarm
+from infra.constructs.bucket_notification import notify_on_object_created
 from infra.constructs.dead_letter_queue import DeadLetterQueue
 from infra.constructs.encrypted_table import encrypted_table
 from infra.constructs.function_alarms import FunctionAlarms
@@ -410,7 +410,15 @@ class JobClaim(Construct):
         self._grant_objects(intake.role, ["s3:GetObject"], INCOMING_PREFIX, decrypt=True)
         _allow(intake.role, ["states:StartExecution"], self.state_machine.state_machine_arn)
         _grant_key_through(intake.role, self._encryption_key)
-        self._notify_intake(intake.function)
+        stack = Stack.of(self)
+        notify_on_object_created(
+            self,
+            "IntakeInvokePermission",
+            bucket=self.email_bucket,
+            bucket_arn=f"arn:{stack.partition}:s3:::{self.email_bucket_name}",
+            function=intake.function,
+            prefix=INCOMING_PREFIX,
+        )
         acknowledge(
             intake.role.node.find_child("DefaultPolicy"),
             "AwsSolutions-IAM5[Resource::*]",
@@ -423,41 +431,6 @@ class JobClaim(Construct):
                 "Reads the stored email from S3 and starts an execution: no private-network data, so a VPC would "
                 "add NAT cost without isolation.",
             )
-
-    def _notify_intake(self, function: lambda_.IFunction) -> None:
-        """S3 ObjectCreated under incoming/ -> the intake, on the bucket resource itself.
-
-        CDK's add_event_notification would deploy its own custom-resource Lambda (AWS managed
-        policy, no DLQ) to write the same configuration; the bucket's own property needs none.
-        S3 checks the invoke permission when the configuration is written, so the permission
-        comes first and names the bucket by its fixed name, not by a reference (no cycle).
-        """
-        stack = Stack.of(self)
-        permission = lambda_.CfnPermission(
-            self,
-            "IntakeInvokePermission",
-            action="lambda:InvokeFunction",
-            function_name=function.function_arn,
-            principal="s3.amazonaws.com",
-            source_account=stack.account,
-            source_arn=f"arn:{stack.partition}:s3:::{self.email_bucket_name}",
-        )
-        bucket = self.email_bucket.node.default_child
-        assert isinstance(bucket, s3.CfnBucket)
-        bucket.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
-            lambda_configurations=[
-                s3.CfnBucket.LambdaConfigurationProperty(
-                    event="s3:ObjectCreated:*",
-                    function=function.function_arn,
-                    filter=s3.CfnBucket.NotificationFilterProperty(
-                        s3_key=s3.CfnBucket.S3KeyFilterProperty(
-                            rules=[s3.CfnBucket.FilterRuleProperty(name="prefix", value=INCOMING_PREFIX)]
-                        )
-                    ),
-                )
-            ]
-        )
-        bucket.node.add_dependency(permission)
 
     # --- state machine -------------------------------------------------------------------------
 

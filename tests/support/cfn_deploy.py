@@ -5,7 +5,10 @@ environments, the state machine's definition and the bucket's notification all c
 template (``Template.to_json()`` of the construct under test), with every intrinsic (``Ref``,
 ``Fn::GetAtt``, ``Fn::Join``, pseudo parameters) resolved to the moto resource created for it.
 IAM, KMS, alarms and log groups are not created: moto does not enforce them (the infra tests and
-cdk-nag check those).
+cdk-nag check those). A function's ``AWS::Lambda::EventInvokeConfig`` (retries, on-failure
+queue) is handed to the harness, which applies it when it runs asynchronous invokes in the
+background; CDK's ``Custom::S3BucketNotifications`` is applied like a bucket's own
+NotificationConfiguration.
 
 Physical names are derived from logical ids, so every ARN is known before anything is created
 and a state machine can name a function created after it (and the reverse).
@@ -21,7 +24,7 @@ from typing import Any
 
 import boto3
 
-from tests.support.moto_lambda import LambdaHarness
+from tests.support.moto_lambda import AsyncInvokeConfig, LambdaHarness
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -32,6 +35,7 @@ _SUPPORTED = {
     "AWS::S3::Bucket",
     "AWS::Lambda::Function",
     "AWS::StepFunctions::StateMachine",
+    "AWS::KMS::Key",
 }
 
 
@@ -138,7 +142,33 @@ def deploy(template: Mapping[str, Any], harness: LambdaHarness) -> Deployment:
             notification = deployment.resolve(resource["Properties"].get("NotificationConfiguration"))
             if notification:
                 _configure_notifications(deployment.names[logical_id], notification)
+        elif resource["Type"] == "Custom::S3BucketNotifications":
+            properties = deployment.resolve(resource["Properties"])
+            _put_notifications(properties["BucketName"], properties["NotificationConfiguration"])
+        elif resource["Type"] == "AWS::Lambda::EventInvokeConfig":
+            properties = deployment.resolve(resource["Properties"])
+            destination = properties.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+            harness.configure_async(
+                str(properties["FunctionName"]),
+                AsyncInvokeConfig(
+                    maximum_retry_attempts=int(properties.get("MaximumRetryAttempts", 2)),
+                    on_failure_queue_url=_queue_url_of(deployment, destination) if destination else None,
+                ),
+            )
     return deployment
+
+
+def _queue_url_of(deployment: Deployment, arn: str) -> str:
+    (logical_id,) = [k for k, v in deployment.arns.items() if v == arn]
+    return deployment.refs[logical_id]
+
+
+def _put_notifications(bucket: str, configuration: Mapping[str, Any]) -> None:
+    """CDK's notifications custom resource carries the S3 API's own shape: put it as it is."""
+    allowed = ("LambdaFunctionConfigurations", "QueueConfigurations", "TopicConfigurations")
+    boto3.client("s3").put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration={k: configuration[k] for k in allowed if k in configuration}
+    )
 
 
 def _name(deployment: Deployment, logical_id: str, resource: Mapping[str, Any]) -> None:
@@ -151,6 +181,12 @@ def _name(deployment: Deployment, logical_id: str, resource: Mapping[str, Any]) 
         name = str(deployment.resolve(properties["BucketName"]))
     if kind == "AWS::SQS::Queue" and properties.get("FifoQueue"):
         name = f"{_physical_name(logical_id, 75)}.fifo"
+    if kind == "AWS::KMS::Key":
+        # moto chooses key ids itself, so the key is created here, before anything refers to it.
+        metadata = boto3.client("kms").create_key(Description=logical_id)["KeyMetadata"]
+        deployment.names[logical_id] = metadata["KeyId"]
+        deployment.arns[logical_id], deployment.refs[logical_id] = metadata["Arn"], metadata["KeyId"]
+        return
     deployment.names[logical_id] = name
     arn_and_ref = {
         "AWS::DynamoDB::Table": (f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}", name),

@@ -23,6 +23,16 @@ Invocation types (what moto's responses layer makes of our return value)
   - Internal callers (S3 and SNS notifications, SQS mappings) pass no headers: RequestResponse,
     run synchronously inside the request that triggered them (PutObject returns after the
     handler ran). moto's S3 swallows every error of that call.
+  - ``harness.run_async_in_background(...)`` switches to Lambda's asynchronous model for Event
+    invokes and S3 notifications (which S3 makes as asynchronous invokes on AWS): the call
+    answers 202 at once and the handler runs on a thread of its own; a failed run is retried
+    ``MaximumRetryAttempts`` times (the function's EventInvokeConfig, default 2) after the given
+    delays (AWS: about 1 and 2 minutes), then the invocation record goes to the on-failure
+    destination (an SQS queue), in Lambda's destination format. ``wait_for_background()``
+    waits until every queued run and retry is done. Systems whose functions call each other
+    asynchronously need this: run synchronously, an orchestrator that invokes a worker would
+    wait inside that invoke for the worker, whose callback then meets the orchestrator's own
+    lock.
 
 Errors as the runtime reports them: an import failure is ``Runtime.ImportModuleError``, a
 missing attribute ``Runtime.HandlerNotFound``, a malformed string ``Runtime.MalformedHandlerName``,
@@ -233,6 +243,14 @@ class LambdaContext:
         return f"LambdaContext({self.function_name}:{self.function_version}, request {self.aws_request_id})"
 
 
+@dataclass(frozen=True)
+class AsyncInvokeConfig:
+    """Lambda's asynchronous invocation settings of one function (its EventInvokeConfig)."""
+
+    maximum_retry_attempts: int = 2
+    on_failure_queue_url: str | None = None
+
+
 class _CognitoIdentity:
     cognito_identity_id = None
     cognito_identity_pool_id = None
@@ -365,6 +383,103 @@ class LambdaHarness:
         self._idle: dict[tuple[Any, ...], list[_Container]] = {}
         self._module_names: list[str] = []
         self._numbers = itertools.count(1)
+        self._background = False
+        self._retry_delays_s: tuple[float, ...] = ()
+        self._async_configs: dict[str, AsyncInvokeConfig] = {}
+        self._lost: set[str] = set()
+        self._pending = 0
+        self._idle_condition = threading.Condition(self._lock)
+        self.async_failures: list[dict[str, Any]] = []  # destination records of exhausted runs
+
+    # -- asynchronous invocations (opt-in) ---------------------------------------------------
+
+    def run_async_in_background(self, *, retry_delays_s: tuple[float, float] = (1.0, 2.0)) -> None:
+        self._background = True
+        self._retry_delays_s = retry_delays_s
+
+    def lose_async_invocations(self, function_name: str) -> None:
+        """From now on, asynchronous invocations of ``function_name`` are accepted (202) and never
+        run: the container died before doing or reporting anything (a fault to inject)."""
+        self._lost.add(function_name)
+
+    def configure_async(self, function_name: str, config: AsyncInvokeConfig) -> None:
+        """What an AWS::Lambda::EventInvokeConfig says for ``function_name``."""
+        self._async_configs[function_name] = config
+
+    def wait_for_background(self, timeout_s: float = 60.0) -> None:
+        """Wait until no asynchronous run or retry is queued (raises TimeoutError otherwise)."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle_condition:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self._pending} asynchronous invocations still running after {timeout_s} s")
+                self._idle_condition.wait(left)
+
+    def _runs_in_background(self, requested_type: str | None, event: Any) -> bool:
+        """Event invokes, and S3's notifications (internal callers send no invocation type)."""
+        if not self._background:
+            return False
+        if requested_type is not None:
+            return requested_type == "Event"
+        records = event.get("Records") if isinstance(event, Mapping) else None
+        return bool(records) and isinstance(records[0], Mapping) and records[0].get("eventSource") == "aws:s3"
+
+    def _start_background(self, function: LambdaFunction, event: Any) -> None:
+        if function.function_name in self._lost:
+            LOG.warning("async invocation of %s lost (injected)", function.function_name)
+            return
+        with self._lock:
+            self._pending += 1
+        config = self._async_configs.get(function.function_name, AsyncInvokeConfig())
+
+        def run() -> None:
+            try:
+                attempts = config.maximum_retry_attempts + 1
+                for attempt in range(attempts):
+                    invocation, _ = self._run(function, event, "Event")
+                    if invocation.error is None:
+                        return
+                    LOG.warning(
+                        "async invocation %d/%d of %s failed: %s",
+                        attempt + 1,
+                        attempts,
+                        function.function_name,
+                        invocation.error,
+                    )
+                    if attempt + 1 < attempts:
+                        delays = self._retry_delays_s or (0.0,)
+                        time.sleep(delays[min(attempt, len(delays) - 1)])
+                self._send_to_failure_destination(function, config, event, invocation, attempts)
+            finally:
+                with self._idle_condition:
+                    self._pending -= 1
+                    self._idle_condition.notify_all()
+
+        threading.Thread(target=run, name=f"async-{function.function_name}", daemon=True).start()
+
+    def _send_to_failure_destination(
+        self, function: LambdaFunction, config: AsyncInvokeConfig, event: Any, invocation: Invocation, attempts: int
+    ) -> None:
+        record = {
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "requestContext": {
+                "requestId": invocation.request_id,
+                "functionArn": f"{function.function_arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "responsePayload": invocation.error,
+        }
+        with self._lock:
+            self.async_failures.append(record)
+        if config.on_failure_queue_url:
+            boto3.client("sqs").send_message(
+                QueueUrl=config.on_failure_queue_url, MessageBody=json.dumps(record, cls=_LambdaJSONEncoder)
+            )
 
     # -- for tests -------------------------------------------------------------------------
 
@@ -418,11 +533,15 @@ class LambdaHarness:
     # -- moto's entry point ----------------------------------------------------------------
 
     def invoke(self, function: LambdaFunction, body: Any, request_headers: Any, response_headers: Any) -> bytes:
-        invocation_type = _header(request_headers, "X-Amz-Invocation-Type") or "RequestResponse"
+        requested_type = _header(request_headers, "X-Amz-Invocation-Type")
+        invocation_type = requested_type or "RequestResponse"
         if invocation_type == "DryRun":
             return b""
         event = self._parse_payload(body)
         response_headers["x-amz-executed-version"] = str(function.version)
+        if self._runs_in_background(requested_type, event):
+            self._start_background(function, event)
+            return b""
         invocation, tail = self._run(function, event, invocation_type)
         if invocation_type == "Event":
             if invocation.error is not None:

