@@ -82,6 +82,7 @@ soak: $(VENV)/.dev-installed
 	CLAIM_SCHEDULES=$${CLAIM_SCHEDULES:-10000} $(PY) -m pytest tests/reliability/common/test_claim_schedules.py -q
 	STREAM_RECOVERY_SCHEDULES=$${STREAM_RECOVERY_SCHEDULES:-10000} $(PY) -m pytest tests/reliability/stream_recovery/test_schedules.py -q
 	JOB_CLAIM_SCHEDULES=$${JOB_CLAIM_SCHEDULES:-2000} $(PY) -m pytest tests/reliability/job_claim/test_schedules.py -q
+	EXECUTION_ENGINE_SCHEDULES=$${EXECUTION_ENGINE_SCHEDULES:-2000} $(PY) -m pytest tests/reliability/execution_engine/test_schedules.py -q
 
 deploy: synth
 	$(CDK) deploy --all --app cdk.out $(if $(AWS_PROFILE),--profile $(AWS_PROFILE))

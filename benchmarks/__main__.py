@@ -15,6 +15,7 @@ BENCHMARKS = {
     "export": ["benchmarks.export_bench"],
     "stream_recovery": ["benchmarks.stream_recovery_bench"],
     "job_claim": ["benchmarks.job_claim_bench"],
+    "execution_engine": ["benchmarks.execution_engine_bench"],
 }
 
 
