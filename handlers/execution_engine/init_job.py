@@ -13,12 +13,12 @@ import base64
 import binascii
 import json
 import os
-import time
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from handlers.common.aws import client
+from handlers.common.claims import system_clock_ms
 from handlers.common.observability import add_count, observability
 from handlers.execution_engine import schema
 from handlers.execution_engine.code_source import CodeSourceError
@@ -42,10 +42,6 @@ logger, metrics, tracer = observability(SERVICE)
 ALLOWED_TARGETS = frozenset({schema.TARGET_LAMBDA})
 
 
-def _clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 initializer = RunInitializer(
     settings=InitSettings(
         internal_bucket=settings[schema.ENV_INTERNAL_BUCKET],
@@ -56,7 +52,7 @@ initializer = RunInitializer(
     store=RunStore(
         orders_table=settings[schema.ENV_ORDERS_TABLE],
         events_table=settings[schema.ENV_ORDER_EVENTS_TABLE],
-        clock_ms=_clock_ms,
+        clock_ms=system_clock_ms,
     ),
     credential_source=lambda: CredentialResolver(
         ssm=client("ssm"),
@@ -66,7 +62,7 @@ initializer = RunInitializer(
     ),
     s3=client("s3"),
     ssm=client("ssm"),
-    clock_ms=_clock_ms,
+    clock_ms=system_clock_ms,
 )
 
 
@@ -75,12 +71,13 @@ def _response(status_code: int, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _body(event: dict[str, Any]) -> str | bytes | None:
+    """The request body as the client sent it (API Gateway base64-encodes binary bodies)."""
     body = event.get("body")
     if body is not None and event.get("isBase64Encoded"):
         try:
             return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            return b"\xff"  # not decodable: parse_job_request reports it as a malformed body
+            raise JobValidationError(["the request body is marked base64-encoded but is not valid base64"]) from None
     return body
 
 

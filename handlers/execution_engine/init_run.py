@@ -31,7 +31,7 @@ from handlers.execution_engine.credentials import CredentialResolver
 from handlers.execution_engine.exec_package import build_exec_zip
 from handlers.execution_engine.jobs import GitSource, Job, Order
 from handlers.execution_engine.results import OrderResult, write_result_once
-from handlers.execution_engine.run_store import RunRecord, RunStore
+from handlers.execution_engine.run_store import RunRecord, RunStore, job_item, order_item
 from handlers.execution_engine.sealed_bundle import new_identity, seal_order_bundle
 
 # sops runs once per order (a subprocess each): a few at a time keep a large job's init short.
@@ -109,45 +109,36 @@ class RunInitializer:
             raise
 
         expires_at = now_ms // 1000 + schema.ORDERS_TTL_SECONDS
-        job_item = {
-            schema.PK: schema.order_pk(run_id, schema.JOB_ORDER_NUM),
-            schema.RUN_ID: run_id,
-            schema.ORDER_NUM: schema.JOB_ORDER_NUM,
-            schema.ORDER_NAME: schema.JOB_EVENT_ORDER_NAME,
-            "kind": "job",
-            schema.STATUS: schema.JOB_RUNNING,
-            "order_count": len(job.orders),
-            schema.TRACE_ID: trace_id,
-            "flow_id": flow_id,
-            "username": job.username,
-            "job_timeout": job.job_timeout,
-            "sops_key_parameter": key_parameter,
-            "done_uri": f"s3://{self.settings.done_bucket}/{schema.done_key(run_id)}",
-            "created_at_ms": now_ms,
-            schema.TTL_ATTRIBUTE: expires_at,
-        }
+        job_row = job_item(
+            run_id,
+            order_count=len(job.orders),
+            trace_id=trace_id,
+            flow_id=flow_id,
+            username=job.username,
+            job_timeout=job.job_timeout,
+            sops_key_parameter=key_parameter,
+            done_bucket=self.settings.done_bucket,
+            created_at_ms=now_ms,
+            expires_at=expires_at,
+        )
         for optional in ("pr_number", "issue_number"):
             if getattr(job, optional) is not None:
-                job_item[optional] = getattr(job, optional)
-        order_items = [
-            {
-                schema.PK: schema.order_pk(run_id, order.num),
-                schema.RUN_ID: run_id,
-                schema.ORDER_NUM: order.num,
-                schema.ORDER_NAME: order.name,
-                schema.STATUS: schema.QUEUED,
-                "execution_target": order.execution_target,
-                "timeout": order.timeout,
-                "must_succeed": order.must_succeed,
-                "dependencies": list(order.dependency_nums),
-                "exec_key": schema.exec_key(run_id, order.num),
-                "callback_key": schema.callback_key(run_id, order.num),
-                schema.TTL_ATTRIBUTE: expires_at,
-            }
+                job_row[optional] = getattr(job, optional)
+        order_rows = [
+            order_item(
+                run_id,
+                order.num,
+                name=order.name,
+                execution_target=order.execution_target,
+                timeout=order.timeout,
+                must_succeed=order.must_succeed,
+                dependency_nums=order.dependency_nums,
+                expires_at=expires_at,
+            )
             for order in job.orders
         ]
-        self.store.insert_run(job_item, order_items)
-        run = RunRecord(run_id=run_id, job=job_item, orders={})
+        self.store.insert_run(job_row, order_rows)
+        run = RunRecord(run_id=run_id, job=job_row, orders={})
         self.store.put_event(
             run,
             order_name=schema.JOB_EVENT_ORDER_NAME,

@@ -84,7 +84,6 @@ class LambdaTarget:
     """The worker function, invoked asynchronously (its event carries locations, never secrets)."""
 
     function_name: str
-    sops_key_parameter_prefix: str
     internal_bucket: str
     lambda_client: Any
 
@@ -235,7 +234,11 @@ class Orchestrator:
             with ThreadPoolExecutor(max_workers=min(DISPATCH_CONCURRENCY, len(evaluation.ready))) as pool:
                 outcomes = list(pool.map(lambda n: self._dispatch(run, run.orders[n], claim, None), evaluation.ready))
             for num, outcome in zip(evaluation.ready, outcomes, strict=True):
-                (report.dispatched if outcome == schema.RUNNING else report.dispatch_failed).append(num)
+                if outcome == schema.RUNNING:
+                    report.dispatched.append(num)
+                elif outcome == schema.FAILED:
+                    report.dispatch_failed.append(num)
+                # DISPATCHING: another pass holds the order's reservation or ticket
         if evaluation.all_terminal and evaluation.job_status is not None:
             claim = self._keep_lock(claim)
             finalized_at = self.store.finalize_job(run_id, status=evaluation.job_status)

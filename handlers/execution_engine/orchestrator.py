@@ -30,7 +30,6 @@ settings = load(
     schema.ENV_DONE_BUCKET,
     schema.ENV_WORKER_FUNCTION,
     schema.ENV_WATCHDOG_STATE_MACHINE_ARN,
-    schema.ENV_SOPS_KEY_PARAMETER_PREFIX,
 )
 logger, metrics, tracer = observability(SERVICE)
 claims = ClaimStore()
@@ -48,7 +47,6 @@ orchestrator = Orchestrator(
     targets={
         schema.TARGET_LAMBDA: LambdaTarget(
             function_name=settings[schema.ENV_WORKER_FUNCTION],
-            sops_key_parameter_prefix=settings[schema.ENV_SOPS_KEY_PARAMETER_PREFIX],
             internal_bucket=settings[schema.ENV_INTERNAL_BUCKET],
             lambda_client=client("lambda"),
         )

@@ -69,6 +69,67 @@ class RunRecord:
         return str(self.job["flow_id"])
 
 
+def order_item(
+    run_id: str,
+    num: str,
+    *,
+    name: str,
+    execution_target: str,
+    timeout: int,
+    must_succeed: bool,
+    dependency_nums: Sequence[str],
+    expires_at: int,
+) -> dict[str, Any]:
+    """A queued order as init writes it (the shape the schema.py docstring gives)."""
+    return {
+        schema.PK: schema.order_pk(run_id, num),
+        schema.RUN_ID: run_id,
+        schema.ORDER_NUM: num,
+        schema.ORDER_NAME: name,
+        schema.STATUS: schema.QUEUED,
+        "execution_target": execution_target,
+        "timeout": timeout,
+        "must_succeed": must_succeed,
+        "dependencies": list(dependency_nums),
+        "exec_key": schema.exec_key(run_id, num),
+        "callback_key": schema.callback_key(run_id, num),
+        schema.TTL_ATTRIBUTE: expires_at,
+    }
+
+
+def job_item(
+    run_id: str,
+    *,
+    order_count: int,
+    trace_id: str,
+    flow_id: str,
+    username: str,
+    job_timeout: int,
+    sops_key_parameter: str,
+    done_bucket: str,
+    created_at_ms: int,
+    expires_at: int,
+) -> dict[str, Any]:
+    """The job item (order ``0000``) of a run that has just started."""
+    return {
+        schema.PK: schema.order_pk(run_id, schema.JOB_ORDER_NUM),
+        schema.RUN_ID: run_id,
+        schema.ORDER_NUM: schema.JOB_ORDER_NUM,
+        schema.ORDER_NAME: schema.JOB_EVENT_ORDER_NAME,
+        "kind": "job",
+        schema.STATUS: schema.JOB_RUNNING,
+        "order_count": order_count,
+        schema.TRACE_ID: trace_id,
+        "flow_id": flow_id,
+        "username": username,
+        "job_timeout": job_timeout,
+        "sops_key_parameter": sops_key_parameter,
+        "done_uri": f"s3://{done_bucket}/{schema.done_key(run_id)}",
+        "created_at_ms": created_at_ms,
+        schema.TTL_ATTRIBUTE: expires_at,
+    }
+
+
 class RunStore:
     def __init__(self, *, orders_table: str, events_table: str, clock_ms: Callable[[], int]) -> None:
         self.orders_table = orders_table

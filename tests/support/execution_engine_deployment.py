@@ -133,12 +133,17 @@ class EngineDeployment:
     def statuses(self, run_id: str) -> dict[str, str]:
         return {num: str(item.get("status")) for num, item in self.items(run_id).items()}
 
-    def done_marker(self, run_id: str) -> dict[str, Any] | None:
+    @staticmethod
+    def _json_object(bucket: str, key: str) -> dict[str, Any] | None:
+        s3 = boto3.client("s3")
         try:
-            body = boto3.client("s3").get_object(Bucket=self.done_bucket, Key=schema.done_key(run_id))["Body"].read()
-        except boto3.client("s3").exceptions.NoSuchKey:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
             return None
         return dict(json.loads(body))
+
+    def done_marker(self, run_id: str) -> dict[str, Any] | None:
+        return self._json_object(self.done_bucket, schema.done_key(run_id))
 
     def wait_for_done(self, run_id: str, *, within: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + within
@@ -158,15 +163,7 @@ class EngineDeployment:
         return [to_plain(item) or {} for item in answer["Items"]]
 
     def result(self, run_id: str, num: str) -> dict[str, Any] | None:
-        try:
-            body = (
-                boto3.client("s3")
-                .get_object(Bucket=self.internal_bucket, Key=schema.callback_key(run_id, num))["Body"]
-                .read()
-            )
-        except boto3.client("s3").exceptions.NoSuchKey:
-            return None
-        return dict(json.loads(body))
+        return self._json_object(self.internal_bucket, schema.callback_key(run_id, num))
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ from handlers.common.dynamo_items import to_plain
 from handlers.execution_engine import orchestration, schema
 from handlers.execution_engine.orchestration import LockLostError, Orchestrator, PassReport
 from handlers.execution_engine.results import OrderResult, write_result_once
-from handlers.execution_engine.run_store import OrderRecord, RunRecord, RunStore
+from handlers.execution_engine.run_store import OrderRecord, RunRecord, RunStore, job_item, order_item
 from tests.support.claim_tables import FakeClock
 from tests.support.stream_recovery_tables import create_table_kwargs
 
@@ -281,42 +281,31 @@ class LocalLoop:
             Tier="Advanced",
             Policies=json.dumps([{"Type": "Expiration", "Version": "1.0", "Attributes": {"Timestamp": "2099-01-01"}}]),
         )
-        items = []
-        for position, spec in enumerate(orders, start=1):
-            num = schema.order_num(position)
-            items.append(
-                {
-                    schema.PK: schema.order_pk(run_id, num),
-                    schema.RUN_ID: run_id,
-                    schema.ORDER_NUM: num,
-                    schema.ORDER_NAME: f"order-{num}",
-                    schema.STATUS: schema.QUEUED,
-                    "execution_target": schema.TARGET_LAMBDA,
-                    "timeout": spec.timeout,
-                    "must_succeed": spec.must_succeed,
-                    "dependencies": [schema.order_num(d) for d in spec.dependencies],
-                    "exec_key": schema.exec_key(run_id, num),
-                    "callback_key": schema.callback_key(run_id, num),
-                    schema.TTL_ATTRIBUTE: expires_at,
-                }
+        items = [
+            order_item(
+                run_id,
+                schema.order_num(position),
+                name=f"order-{schema.order_num(position)}",
+                execution_target=schema.TARGET_LAMBDA,
+                timeout=spec.timeout,
+                must_succeed=spec.must_succeed,
+                dependency_nums=[schema.order_num(d) for d in spec.dependencies],
+                expires_at=expires_at,
             )
-        job = {
-            schema.PK: schema.order_pk(run_id, schema.JOB_ORDER_NUM),
-            schema.RUN_ID: run_id,
-            schema.ORDER_NUM: schema.JOB_ORDER_NUM,
-            schema.ORDER_NAME: schema.JOB_EVENT_ORDER_NAME,
-            "kind": "job",
-            schema.STATUS: schema.JOB_RUNNING,
-            "order_count": len(orders),
-            schema.TRACE_ID: trace_id,
-            "flow_id": f"loop:{trace_id}-exec",
-            "username": "loop",
-            "job_timeout": 3600,
-            "sops_key_parameter": sops_key_parameter,
-            "done_uri": f"s3://{self.names.done_bucket}/{schema.done_key(run_id)}",
-            "created_at_ms": now,
-            schema.TTL_ATTRIBUTE: expires_at,
-        }
+            for position, spec in enumerate(orders, start=1)
+        ]
+        job = job_item(
+            run_id,
+            order_count=len(orders),
+            trace_id=trace_id,
+            flow_id=f"loop:{trace_id}-exec",
+            username="loop",
+            job_timeout=3600,
+            sops_key_parameter=sops_key_parameter,
+            done_bucket=self.names.done_bucket,
+            created_at_ms=now,
+            expires_at=expires_at,
+        )
         self.store.insert_run(job, items)
         self.write_result(run_id, schema.JOB_ORDER_NUM, schema.SUCCEEDED, written_by="orchestrator", log="initialised")
         return run_id
